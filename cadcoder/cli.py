@@ -65,6 +65,10 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=448)
+    p.add_argument("--complexity", type=int, default=3, choices=[0, 1, 2, 3],
+                   help="0: one simple profile ... 3: the GenCAD-Code distribution (default)")
+    p.add_argument("--render-style", default=None, choices=["random"],
+                   help="'random': domain-randomised renders (grey level, line width, camera jitter)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the DatasetDict to this repo")
     p.set_defaults(handler=_cmd_synth)
 
