@@ -25,7 +25,7 @@ CAD = [
     "matplotlib",
 ]
 TRAIN = ["accelerate>=1.0", "tensorboard"]
-TEST = ["pytest>=8", "pytest-timeout", "nbclient", "nbformat", "ipykernel"]
+TEST = ["pytest>=8", "pytest-timeout", "psutil", "nbclient", "nbformat", "ipykernel"]
 
 setup(
     name="cadcoder",

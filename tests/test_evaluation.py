@@ -1,0 +1,156 @@
+"""Tests of cadcoder.evaluation, the cad_iou metric and `cadcoder evaluate` (all programs run sandboxed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cadcoder.evaluation import constant_program_baseline, evaluate_programs, format_report
+from cadcoder.sandbox import FAILURE_REASONS, Sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+GENCAD = REPO.parent / "shared" / "gencad_sample" / "programs.jsonl"
+
+# Ordinary CadQuery programs, written for these tests.
+HAND_WRITTEN = {
+    "flange": (
+        "import cadquery as cq\n"
+        "plate = cq.Workplane('XY').circle(3.0).extrude(0.5)\n"
+        "hub = cq.Workplane('XY').circle(1.2).extrude(2.0)\n"
+        "solid = plate.union(hub).faces('>Z').workplane().hole(1.0)\n"
+        "solid = solid.faces('<Z').workplane().polarArray(2.2, 0, 360, 6).hole(0.4)\n"
+    ),
+    "bracket": (
+        "import cadquery as cq\n"
+        "result = (cq.Workplane('XZ').polyline([(0, 0), (5, 0), (5, 0.6), (0.6, 0.6), (0.6, 4), (0, 4)]).close()\n"
+        "          .extrude(3).edges('|Y').fillet(0.1))\n"
+    ),
+    "revolved_knob": (
+        "import cadquery as cq\nimport math\n"
+        "pts = [(0, 0), (2, 0), (2, 0.5), (1.2, 1.0), (1.2, 2.5), (0, 2.5)]\n"
+        "part = cq.Workplane('XZ').polyline(pts).close().revolve(360, (0, 0, 0), (0, 1, 0))\n"
+    ),
+    "loft": (
+        "import cadquery as cq\n"
+        "solid = cq.Workplane('XY').rect(3, 3).workplane(offset=2).circle(1).loft()\n"
+    ),
+    "shelled_box": "import cadquery as cq\nsolid = cq.Workplane('XY').box(4, 3, 2).faces('>Z').shell(-0.2)\n",
+    "show_object_sweep": (
+        "import cadquery as cq\n"
+        "path = cq.Workplane('XZ').spline([(0, 0), (1, 2), (3, 3)])\n"
+        "show_object(cq.Workplane('XY').circle(0.3).sweep(path))\n"
+    ),
+    "numpy_pattern": (
+        "import cadquery as cq\nimport numpy as np\n"
+        "base = cq.Workplane('XY').box(6, 2, 0.5)\n"
+        "pins = [(float(x), 0.0) for x in np.linspace(-2.5, 2.5, 4)]\n"
+        "solid = base.faces('>Z').workplane().pushPoints(pins).circle(0.3).extrude(1.0)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(num_workers=2, timeout=20.0) as sb:
+        yield sb
+
+
+def _box(a, b, c, dx=0.0):
+    return f"import cadquery as cq\nsolid = cq.Workplane('XY').box({a}, {b}, {c}).translate(({dx}, 0, 0))\n"
+
+
+def test_hand_written_programs_are_valid_and_self_consistent(sandbox):
+    codes = list(HAND_WRITTEN.values())
+    report = evaluate_programs(codes, codes, sandbox=sandbox, progress=False, chamfer_points=256)
+    assert report["statuses"] == ["ok"] * len(codes), report["errors"]
+    assert report["ious"] == pytest.approx([1.0] * len(codes), abs=1e-6)
+    assert report["valid_syntax_rate"] == 1.0
+    assert report["reference_failures"]["count"] == 0
+
+
+def test_gencad_sample_programs_score_one_against_themselves(sandbox):
+    if not GENCAD.is_file():
+        pytest.skip(f"{GENCAD} not found: the GenCAD-Code sample lives in shared/ beside the repository clone")
+    programs = [json.loads(line)["cadquery"] for line in GENCAD.read_text().splitlines() if line.strip()]
+    assert len(programs) == 34
+    report = evaluate_programs(programs, programs, sandbox=sandbox, progress=False, chamfer_points=0, fast=False)
+    assert report["statuses"] == ["ok"] * 34, [(i, e) for i, e in enumerate(report["errors"]) if e]
+    assert min(report["ious"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_report_counts_failures_and_reference_failures(sandbox):
+    preds = [_box(1, 2, 3), _box(1, 2, 3.3), "solid = (", "import os\nsolid = 1", "x = 1", _box(1, 1, 1)]
+    refs = [_box(1, 2, 3, dx=5), _box(1, 2, 3), _box(1, 2, 3), _box(1, 2, 3), _box(1, 2, 3), "solid = cq.Workplane().rect(1, 1)"]
+    report = evaluate_programs(preds, refs, sandbox=sandbox, progress=False, protocol="bbox", chamfer_points=128)
+    assert report["statuses"] == ["ok", "ok", "syntax_error", "forbidden", "no_result", "ok"]
+    assert report["failures"]["syntax_error"] == 1 and report["failures"]["forbidden"] == 1
+    assert set(report["failures"]) == set(FAILURE_REASONS)
+    assert report["reference_failures"] == {"count": 1, "indices": [5], "reasons": {"invalid_shape": 1}}
+    assert report["ious"][0] == pytest.approx(1.0, abs=1e-6)
+    expect = (1 / 3.3 * 2 / 3.3) / (1 / 3 * 2 / 3)  # bbox protocol, both boxes have longest side along z
+    assert report["ious"][1] == pytest.approx(expect, abs=1e-3)
+    assert report["ious"][5] is None
+    assert report["iou_mean"] == pytest.approx((1.0 + expect) / 2, abs=1e-3)
+    assert report["iou_mean_all"] == pytest.approx((1.0 + expect) / 5, abs=1e-3)
+    assert report["valid_syntax_rate"] == pytest.approx(3 / 6)
+    assert report["distinct_predictions"] == pytest.approx(1.0)
+    assert "valid_syntax_rate" in format_report(report)
+
+
+def test_chance_constant_baseline_and_distinctness(sandbox):
+    refs = [_box(1, 2, 3), _box(1, 1, 4), HAND_WRITTEN["flange"], HAND_WRITTEN["loft"]]
+    preds = [_box(1, 2, 3), _box(1, 2, 3).replace('box(', 'box(  '), _box(1, 2, 3) + '\n\n', HAND_WRITTEN["loft"]]
+    r1 = evaluate_programs(preds, refs, sandbox=sandbox, progress=False, with_chance=True, seed=3, chamfer_points=0, fast=True)
+    r2 = evaluate_programs(preds, refs, sandbox=sandbox, progress=False, with_chance=True, seed=3, chamfer_points=0, fast=True)
+    assert r1["distinct_predictions"] == pytest.approx(2 / 4)
+    assert 0 < r1["iou_chance"] < 1 and r1["iou_chance_pairs"] == 4
+    assert r1["iou_chance"] == r2["iou_chance"]
+    base = constant_program_baseline(refs, sandbox=sandbox, progress=False, chamfer_points=0, fast=True)
+    assert base["distinct_predictions"] == pytest.approx(1 / 4)
+    assert base["valid_syntax_rate"] == 1.0 and base["iou_mean"] < 1.0
+
+
+def test_resume_from_cache(sandbox, tmp_path):
+    cache = tmp_path / "cache.jsonl"
+    preds, refs = [_box(1, 2, 3), "solid = ("], [_box(1, 2, 3.5), _box(1, 2, 3)]
+    first = evaluate_programs(preds, refs, sandbox=sandbox, progress=False, cache_path=cache, chamfer_points=64)
+    assert len(cache.read_text().splitlines()) == 2
+    closed = Sandbox(num_workers=1)
+    closed.close()  # any attempt to run a program now raises, so the rerun must come from the cache
+    again = evaluate_programs(preds, refs, sandbox=closed, progress=False, cache_path=cache, chamfer_points=64)
+    assert again["ious"] == first["ious"] and again["statuses"] == first["statuses"]
+
+
+def test_bad_inputs_name_the_fix():
+    with pytest.raises(ValueError, match="one reference per prediction"):
+        evaluate_programs(["a"], [], progress=False)
+    with pytest.raises(ValueError, match="aligned"):
+        evaluate_programs(["a"], ["b"], protocol="iou", progress=False)
+
+
+def test_metric_module_via_evaluate_load():
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(REPO / "metrics" / "cad_iou"))
+    out = metric.compute(predictions=[_box(1, 2, 3), "solid = ("], references=[_box(2, 4, 6, dx=1), _box(1, 2, 3)], protocol="aligned", timeout=20, num_workers=1)
+    assert out["statuses"] == ["ok", "syntax_error"]
+    assert out["ious"][0] == pytest.approx(1.0, abs=1e-6)
+    assert out["valid_syntax_rate"] == 0.5 and out["iou_mean_all"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_cli_writes_report(tmp_path, capsys):
+    from cadcoder.cli import main
+
+    preds = tmp_path / "preds.jsonl"
+    rows = [{"prediction": _box(1, 2, 3), "reference": _box(1, 2, 3)}, {"prediction": "x = 1", "reference": _box(1, 2, 3)}]
+    preds.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(preds), "--out", str(out), "--num-workers", "1", "--protocol", "bbox", "--fast"]) == 0
+    report = json.loads(out.read_text())
+    assert report["statuses"] == ["ok", "no_result"] and report["protocol"] == "bbox"
+    assert "iou_mean_all" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prediction": "x"}) + "\n")
+    with pytest.raises(ValueError, match="reference"):
+        main(["evaluate", str(bad)])
