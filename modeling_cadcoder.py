@@ -1,0 +1,470 @@
+"""CadCoder: image of a mechanical part -> CadQuery program.
+
+A timm image encoder (``vision_tower``) feeds a 2-layer MLP (``multi_modal_projector``) whose outputs are scattered into
+the ``<image>`` placeholder tokens of a causal code LM (``language_model``, CodeGen or GPT-2), the way LLaVA does it in
+transformers 5.x. Because the image lives in placeholder positions of ``input_ids``, the attention mask, position ids
+and KV cache all stay in token space, so batched left-padded generation behaves exactly like one-by-one generation,
+and ``generate()`` encodes the image only at the prefill step (``pixel_values`` is dropped afterwards).
+
+This file is part of the Hub face: it imports only torch/transformers/timm and ships as remote code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+try:  # loaded as remote code (a package built by transformers) or as part of an installed package
+    from .configuration_cadcoder import CadCoderConfig
+except ImportError:  # installed as a top-level module (pip install cadcoder)
+    from configuration_cadcoder import CadCoderConfig
+
+__all__ = [
+    "CadCoderCausalLMOutputWithPast",
+    "CadCoderForConditionalGeneration",
+    "CadCoderMultiModalProjector",
+    "CadCoderPreTrainedModel",
+]
+
+# Auto classes besides AutoModelForImageTextToText (registered below) that load this model with trust_remote_code.
+_EXTRA_AUTO_CLASSES = ("AutoModel", "AutoModelForCausalLM")
+
+# Keyword arguments consumed by the loss; they must not reach the language model's attention layers.
+_LOSS_KWARGS = ("num_items_in_batch", "ignore_index")
+
+
+@dataclass
+class CadCoderCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Causal LM output (``loss``, ``logits``, ``cache``, ...) plus the projected image features.
+
+    Attributes:
+        image_hidden_states: ``(batch, num_image_tokens, hidden)`` projected image features, when ``pixel_values``
+            were given to this call (only the prefill step during ``generate``).
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class CadCoderMultiModalProjector(nn.Module):
+    """Two-layer MLP mapping encoder features (``vision_dim``) to the language model width (``text_dim``)."""
+
+    def __init__(self, vision_dim: int, text_dim: int, hidden_dim: int | None = None, act: str = "gelu"):
+        super().__init__()
+        hidden_dim = hidden_dim or text_dim
+        self.linear_1 = nn.Linear(vision_dim, hidden_dim)
+        self.act = ACT2FN[act]
+        self.linear_2 = nn.Linear(hidden_dim, text_dim)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class CadCoderPreTrainedModel(PreTrainedModel):
+    """Holds the class-level settings shared by CadCoder models (weights init, supported attention backends)."""
+
+    config_class = CadCoderConfig
+    config: CadCoderConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TimmWrapperModel"]
+    _skip_keys_device_placement = ["cache"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only our own layers (the projector); the towers are PreTrainedModels and initialise themselves.
+        if isinstance(module, CadCoderMultiModalProjector):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for linear in (module.linear_1, module.linear_2):
+                nn.init.normal_(linear.weight, mean=0.0, std=std)
+                nn.init.zeros_(linear.bias)
+
+
+class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin):
+    """Image-to-CadQuery model: ``vision_tower`` -> ``multi_modal_projector`` -> ``language_model``.
+
+    Build inputs with ``CadCoderProcessor``: it inserts ``config.num_image_tokens`` ``<image>`` tokens per image in
+    front of the program and prepares ``pixel_values``.
+
+    Example:
+        >>> inputs = processor(images=[image], return_tensors="pt")          # prompt only, left padded
+        >>> ids = model.generate(**inputs, max_new_tokens=512)
+        >>> programs = processor.batch_decode(ids)                           # clean CadQuery source
+    """
+
+    def __init__(self, config: CadCoderConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = CadCoderMultiModalProjector(
+            vision_dim=_vision_feature_dim(self.vision_tower),
+            text_dim=config.text_config.hidden_size,
+            hidden_dim=config.projector_hidden_size,
+            act=config.projector_hidden_act,
+        )
+        # The whole causal LM (its own head included: CodeGen's lm_head has a bias, GPT-2's is tied).
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+        # One class records one auto class when saving; list the others so `save_pretrained` writes them all.
+        auto_map = dict(getattr(config, "auto_map", None) or {})
+        for auto_class in _EXTRA_AUTO_CLASSES:
+            auto_map.setdefault(auto_class, f"{__name__.rsplit('.', 1)[-1]}.{type(self).__name__}")
+        config.auto_map = auto_map
+
+    # ----------------------------------------------------------------------------------------------- embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, **kw):
+        """Resize the language model's token embeddings (and head) and keep ``config.text_config`` in sync."""
+        embeddings = self.language_model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kw)
+        self.config.text_config.vocab_size = embeddings.num_embeddings
+        return embeddings
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
+        # transformers only finds modules with a `gradient_checkpointing` flag (the LM blocks); timm's encoder has
+        # its own switch.
+        if gradient_checkpointing_func is None:
+            super()._set_gradient_checkpointing(enable=enable, **kwargs)
+        else:
+            super()._set_gradient_checkpointing(
+                enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
+            )
+        timm_model = getattr(self.vision_tower, "timm_model", None)
+        if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
+            try:
+                timm_model.set_grad_checkpointing(enable)
+            except (AssertionError, NotImplementedError):
+                pass  # that timm architecture has no checkpointing; the LM still checkpoints
+
+    def set_trainable(self, vision: bool = True, projector: bool = True, language: bool = True) -> dict[str, int]:
+        """Freeze or unfreeze the three parts for staged training (e.g. projector only, then everything).
+
+        A frozen vision tower is also put in eval mode on every ``train()`` call, so its BatchNorm statistics stay
+        fixed (small per-device batches would otherwise corrupt them).
+
+        Returns:
+            Number of trainable parameters per part, e.g. ``{"vision": 0, "projector": 1024, "language": 0}``.
+        """
+        parts = {"vision": (self.vision_tower, vision), "projector": (self.multi_modal_projector, projector),
+                 "language": (self.language_model, language)}  # fmt: skip
+        for module, trainable in parts.values():
+            module.requires_grad_(trainable)
+        self._frozen_vision = not vision
+        self.train(self.training)
+        return {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, (m, _) in parts.items()}
+
+    def freeze(self, vision: bool = False, projector: bool = False, language: bool = False) -> dict[str, int]:
+        """Freeze the named parts (``True`` = frozen) and unfreeze the others; see ``set_trainable``."""
+        return self.set_trainable(vision=not vision, projector=not projector, language=not language)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and getattr(self, "_frozen_vision", False):
+            self.vision_tower.eval()
+        return self
+
+    # -------------------------------------------------------------------------------------------------- vision
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode images into LM-width tokens.
+
+        Args:
+            pixel_values: ``(batch, num_channels, image_size, image_size)`` from ``CadCoderImageProcessor``.
+
+        Returns:
+            ``(batch, config.num_image_tokens, text_hidden)``: one token per feature-map cell ("grid") or one pooled
+            token ("pooled").
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, H, W), got "
+                f"{tuple(pixel_values.shape)}; prepare images with CadCoderImageProcessor / CadCoderProcessor."
+            )
+        features = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
+        if features.ndim == 4:  # CNN: (B, C, h, w)
+            if self.config.visual_tokens == "pooled":
+                features = features.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C), the seed's global average pool
+            else:
+                features = features.flatten(2).transpose(1, 2)  # (B, h*w, C), row-major cells
+        elif self.config.visual_tokens == "pooled":  # ViT-like: (B, T, C)
+            features = features.mean(dim=1, keepdim=True)
+        return self.multi_modal_projector(features)  # (B, N, D)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Boolean mask ``(batch, seq, hidden)`` of the ``<image>`` positions; checks it matches the features."""
+        image_token_id = self._require_image_token_id()
+        if input_ids is None:
+            image_embed = self.get_input_embeddings()(
+                torch.tensor(image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embed).all(-1)
+        else:
+            mask = input_ids == image_token_id
+        n_tokens, n_features = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"Image features and image tokens do not match: tokens: {n_tokens}, features: {n_features} "
+                f"({image_features.shape[0]} image(s) x {image_features.shape[1]} tokens). Each image needs exactly "
+                f"config.num_image_tokens={self.config.num_image_tokens} <image> tokens (id {image_token_id}); build "
+                f"inputs with CadCoderProcessor and resize images to config.image_size={self.config.image_size}."
+            )
+        return mask.unsqueeze(-1).expand_as(inputs_embeds)
+
+    def _require_image_token_id(self) -> int:
+        if self.config.image_token_id is None:
+            raise ValueError(
+                "config.image_token_id is not set; add '<image>' to the tokenizer (CadCoderProcessor does it) and set "
+                "model.config.image_token_id = processor.image_token_id."
+            )
+        return self.config.image_token_id
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CadCoderCausalLMOutputWithPast:
+        """Run the model.
+
+        Args:
+            input_ids: ``(batch, seq)`` token ids with ``config.num_image_tokens`` ``<image>`` tokens per image.
+            pixel_values: ``(batch, num_channels, H, W)``; needed whenever ``input_ids`` hold ``<image>`` tokens that
+                are not in the cache yet.
+            attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding.
+            position_ids: optional ``(batch, seq)``; ``generate()`` derives them from the attention mask.
+            cache: KV cache from a previous call.
+            inputs_embeds: alternative to ``input_ids``.
+            labels: ``(batch, seq)`` targets, ``-100`` where no loss is wanted (image, prompt, padding). They are
+                shifted inside the loss, so ``labels`` are aligned with ``input_ids``.
+            use_cache: return a cache for incremental decoding.
+            logits_to_keep: compute logits only for the last N positions (0 = all).
+
+        Returns:
+            ``CadCoderCausalLMOutputWithPast`` with ``loss`` (when ``labels``), ``logits``, ``cache``.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
+
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        elif input_ids is not None and self.config.image_token_id is not None:
+            prefill = cache is None or cache.get_seq_length() == 0
+            if prefill and bool((input_ids == self.config.image_token_id).any()):
+                raise ValueError(
+                    "input_ids contain <image> tokens but pixel_values is None; pass the pixel_values the processor "
+                    "returned together with input_ids."
+                )
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        logits = outputs.logits  # (B, T, V)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **loss_kwargs
+            )
+        return CadCoderCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+    # ------------------------------------------------------------------------------------ building from parts
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        vision: str | os.PathLike = "timm/resnet18.a1_in1k",
+        text: str | os.PathLike = "Salesforce/codegen-350M-mono",
+        tokenizer=None,
+        dtype: torch.dtype | None = None,
+        **config_kwargs,
+    ) -> "CadCoderForConditionalGeneration":
+        """Build a CadCoder model from a pretrained timm encoder and a pretrained causal LM.
+
+        The RGB stem of the encoder is adapted to ``num_channels`` (default 1) by summing its filters (timm's
+        ``adapt_input_conv``), so a grayscale image produces the activations the RGB network gave to a grey image.
+        The projector is freshly initialised.
+
+        Args:
+            vision: timm checkpoint, as a Hub id (``"timm/resnet18.a1_in1k"``, needs network), an ``"hf-hub:..."``
+                name, or a local folder holding ``config.json`` + weights as written by timm's
+                ``save_for_hf`` / ``TimmWrapperModel.save_pretrained``.
+            text: causal LM checkpoint (Hub id or local folder saved with ``save_pretrained``).
+            tokenizer: optional tokenizer; if given, ``<image>`` is added to it when missing, the LM embeddings are
+                resized to fit it and ``config.image_token_id`` is set.
+            dtype: dtype of the returned model (default ``torch.float32``; e.g. ``torch.bfloat16``).
+            **config_kwargs: other ``CadCoderConfig`` fields (``visual_tokens``, ``image_size``, ``num_channels`` ...).
+
+        Returns:
+            The assembled model, in eval mode (call ``.train()`` before fine-tuning).
+
+        Offline use: pass local folders; a Hub id needs network access on first use (then the HF cache serves it).
+        """
+        from transformers import TimmWrapperConfig
+
+        dtype = dtype or torch.float32  # Hub checkpoints are often fp16: never mix dtypes silently
+        num_channels = int(config_kwargs.get("num_channels", 1))
+        rgb_timm, architecture, model_args = _load_timm_encoder(vision, dtype)
+        vision_config = TimmWrapperConfig(
+            architecture=architecture, model_args={**model_args, "in_chans": num_channels}, num_labels=0,
+            do_pooling=False,
+        )  # fmt: skip
+        text_model = AutoModelForCausalLM.from_pretrained(str(text), dtype=dtype)
+
+        config = CadCoderConfig(vision_config=vision_config, text_config=text_model.config, **config_kwargs)
+        with torch.device("meta"):  # skeleton only: the towers are replaced below, no random init of a big LM
+            model = cls(config)
+        vision_tower = AutoModel.from_config(config.vision_config, dtype=dtype)
+        vision_tower.timm_model.load_state_dict(_adapt_input_channels(rgb_timm, num_channels))
+        model.vision_tower = vision_tower
+        model.language_model = text_model
+        model.config.text_config = text_model.config
+        model.multi_modal_projector = CadCoderMultiModalProjector(
+            vision_dim=_vision_feature_dim(vision_tower),
+            text_dim=config.text_config.hidden_size,
+            hidden_dim=config.projector_hidden_size,
+            act=config.projector_hidden_act,
+        ).to(dtype)
+        model._init_weights(model.multi_modal_projector)
+        del rgb_timm
+
+        if tokenizer is not None:
+            image_token = "<image>"
+            if image_token not in tokenizer.get_vocab():
+                tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+            image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+            if len(tokenizer) > model.config.text_config.vocab_size:
+                model.resize_token_embeddings(len(tokenizer))
+            model.config.image_token_id = image_token_id
+            model.generation_config = _default_generation_config(tokenizer)
+        elif getattr(text_model, "generation_config", None) is not None:
+            model.generation_config = GenerationConfig.from_dict(text_model.generation_config.to_dict())
+        return model.eval()
+
+
+def _vision_feature_dim(vision_tower: nn.Module) -> int:
+    """Channels of the encoder's last feature map (timm ``num_features``, else ``config.hidden_size``)."""
+    timm_model = getattr(vision_tower, "timm_model", None)
+    if timm_model is not None:
+        return int(timm_model.num_features)
+    return int(vision_tower.config.hidden_size)
+
+
+def _load_timm_encoder(vision: str | os.PathLike, dtype: torch.dtype) -> tuple[nn.Module, str, dict]:
+    """Load a pretrained timm encoder as published (RGB stem, no classifier).
+
+    Accepts a Hub id (``"timm/resnet18.a1_in1k"``), ``"hf-hub:..."`` / ``"local-dir:..."`` names, a local folder in
+    timm's format (``timm.models.save_for_hf``) or one written by ``TimmWrapperModel.save_pretrained``.
+
+    Returns:
+        ``(timm_model, architecture, extra_model_args)``.
+    """
+    import json
+
+    import timm
+
+    ignored_args = ("num_classes", "global_pool", "in_chans", "pretrained_cfg", "pretrained_cfg_overlay")
+    path = os.fspath(vision)
+    config_file = os.path.join(path, "config.json")
+    if os.path.isdir(path) and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{path} has no config.json; pass a timm checkpoint folder or a Hub id.")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("model_type") == "timm_wrapper":  # saved by transformers
+            from transformers import TimmWrapperModel
+
+            wrapper = TimmWrapperModel.from_pretrained(path, num_labels=0, dtype=dtype)
+            args = {k: v for k, v in (wrapper.config.model_args or {}).items() if k not in ignored_args}
+            return wrapper.timm_model, wrapper.config.architecture, args
+        name = f"local-dir:{path}"
+    else:
+        name = path if path.startswith(("hf-hub:", "local-dir:")) else f"hf-hub:{path}"
+        config = {}
+    timm_model = timm.create_model(name, pretrained=True, num_classes=0).to(dtype)
+    args = {k: v for k, v in (config.get("model_args") or {}).items() if k not in ignored_args}
+    architecture = config.get("architecture") or timm_model.default_cfg.get("architecture")
+    return timm_model, architecture, args
+
+
+def _adapt_input_channels(timm_model: nn.Module, num_channels: int) -> dict[str, torch.Tensor]:
+    """State dict of ``timm_model`` with its first conv adapted to ``num_channels`` (timm ``adapt_input_conv``)."""
+    from timm.models import adapt_input_conv
+
+    state = timm_model.state_dict()
+    first_conv = timm_model.pretrained_cfg.get("first_conv", "conv1") if hasattr(timm_model, "pretrained_cfg") else None
+    first_conv = first_conv or "conv1"
+    convs = [first_conv] if isinstance(first_conv, str) else list(first_conv)
+    for name in convs:
+        key = f"{name}.weight"
+        if key in state and state[key].shape[1] != num_channels:
+            state[key] = adapt_input_conv(num_channels, state[key])
+    return state
+
+
+def _default_generation_config(tokenizer) -> GenerationConfig:
+    """Greedy decoding that stops at EOS and pads with the tokenizer's pad token (EOS for CodeGen)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad,
+        max_new_tokens=1024,
+        do_sample=False,
+    )
+
+
+CadCoderForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+if not __package__:  # imported as an installed module (not as Hub remote code): make the Auto classes see it
+    from transformers import AutoModelForImageTextToText
+
+    for _auto in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
+        _auto.register(CadCoderConfig, CadCoderForConditionalGeneration, exist_ok=True)

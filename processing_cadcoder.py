@@ -1,0 +1,418 @@
+"""CadCoder pre- and post-processing: images -> ``pixel_values``, programs <-> tokens, generations -> clean code.
+
+``CadCoderProcessor`` owns the ONE prompt format shared by training and inference::
+
+    <image> x num_image_tokens, <|endoftext|> (bos), program tokens ..., <|endoftext|> (eos)
+    '-------------- prompt (never supervised) ---------'  '---- supervised targets -----'
+
+This file is part of the Hub face: it imports only torch/transformers/numpy/PIL and ships as remote code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ProcessorMixin
+
+__all__ = ["CadCoderImageProcessor", "CadCoderProcessor", "post_process_program"]
+
+IMAGE_TOKEN = "<image>"
+# Mean/std of ImageNet averaged over RGB: the 1-channel stem is the sum of the RGB filters, so feeding it grey
+# values normalised this way reproduces what the RGB network saw for grey pixels.
+GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)
+RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SUPPORTED_MODES = ("RGB", "RGBA", "LA", "L", "P", "I;16", "I;16B", "I;16L", "I")
+_MODES_HINT = "pass an RGB, RGBA, L, P or I;16 image (e.g. image.convert('RGB'))"
+
+ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------------- images
+def _pil_to_float(image: Image.Image) -> np.ndarray:
+    """PIL image -> ``(H, W, C)`` float32 in [0, 1] with C in {1, 3}; transparency composited on white."""
+    mode = image.mode
+    if mode not in SUPPORTED_MODES:
+        raise ValueError(f"image has mode {mode!r}; {_MODES_HINT}.")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode.startswith("I"):  # 16/32-bit greyscale
+        array = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        return np.clip(array / peak, 0.0, 1.0)[..., None]
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return _composite_alpha(array[..., None] if array.ndim == 2 else array)
+
+
+def _composite_alpha(array: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` with C in {1, 2, 3, 4}; alpha (C = 2 or 4) is composited on a white background."""
+    channels = array.shape[-1]
+    if channels in (2, 4):
+        color, alpha = array[..., :-1], array[..., -1:]
+        return color * alpha + (1.0 - alpha)
+    return array
+
+
+def _array_to_float(array: np.ndarray, kind: str) -> np.ndarray:
+    """numpy/torch pixels -> ``(H, W, C)`` float32 in [0, 1]; accepts HW, HWC and CHW with C in {1, 3, 4}."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(
+            f"{kind} image has shape {tuple(array.shape)}; pass (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 "
+            "(or a 4-D batch)."
+        )
+    if array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
+    channels = array.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"{kind} image has {channels} channels (shape {tuple(array.shape)}); pass 1 (grey), 3 (RGB) or 4 (RGBA)."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{kind} image is empty (shape {tuple(array.shape)}); pass a non-empty image.")
+    if array.dtype == np.uint8:
+        out = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        out = array.astype(np.float32) / 65535.0
+    elif array.dtype == np.bool_:
+        out = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.floating):
+        out = array.astype(np.float32)
+        if out.size and (float(out.min()) < -1e-3 or float(out.max()) > 1.0 + 1e-3):
+            raise ValueError(
+                f"float {kind} image has values in [{out.min():.3g}, {out.max():.3g}]; float pixels must lie in "
+                "[0, 1] (pass uint8 arrays for 0..255, or divide by 255)."
+            )
+        out = np.clip(out, 0.0, 1.0)
+    else:
+        raise ValueError(f"{kind} image has dtype {array.dtype}; pass uint8, uint16, bool or float in [0, 1].")
+    if channels == 4:
+        out = _composite_alpha(out)
+    return out
+
+
+def _to_float_image(image: ImageLike) -> np.ndarray:
+    """Any supported single image -> ``(H, W, C)`` float32 in [0, 1], C in {1, 3}."""
+    if isinstance(image, Image.Image):
+        return _pil_to_float(image)
+    if isinstance(image, torch.Tensor):
+        return _array_to_float(image.detach().cpu().float().numpy() if image.dtype == torch.bfloat16
+                               else image.detach().cpu().numpy(), "torch")  # fmt: skip
+    if isinstance(image, np.ndarray):
+        return _array_to_float(image, "numpy")
+    raise ValueError(
+        f"unsupported image type {type(image).__name__}; pass a PIL.Image, a numpy array or a torch tensor."
+    )
+
+
+def _as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """Normalise a single image, a list of images or a 4-D batch into a non-empty list of images."""
+    if images is None:
+        raise ValueError("no images given; pass a PIL image, an array, or a non-empty list of them.")
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        images = list(images)
+    elif isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
+        images = [images]
+    else:
+        images = list(images)
+    if not images:
+        raise ValueError("empty batch of images; pass at least one image.")
+    return images
+
+
+class CadCoderImageProcessor(BaseImageProcessor):
+    """Turn renders of CAD parts into ``pixel_values`` for ``CadCoderForConditionalGeneration``.
+
+    Steps: decode (PIL RGB/RGBA/LA/L/P/I;16, numpy or torch; alpha composited on white) -> grey (ITU-R 601 luma) or
+    RGB -> resize to ``size`` x ``size`` (bicubic, antialiased) -> normalise with ``image_mean``/``image_std``.
+
+    Args:
+        size: output side in pixels (match ``CadCoderConfig.image_size``).
+        num_channels: 1 (grayscale, the default) or 3.
+        image_mean, image_std: per-channel normalisation; defaults depend on ``num_channels``.
+        resample: PIL resampling filter used for resizing.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: int = 224,
+        num_channels: int = 1,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        resample: int = Image.Resampling.BICUBIC,
+        **kwargs,
+    ):
+        if isinstance(size, dict):  # tolerate transformers-style {"height": h, "width": w}
+            size = int(size.get("height", size.get("shortest_edge")))
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels={num_channels} is not supported; use 1 (grayscale) or 3 (RGB).")
+        self.size = int(size)
+        self.num_channels = int(num_channels)
+        default_mean, default_std = (GRAY_MEAN, GRAY_STD) if num_channels == 1 else (RGB_MEAN, RGB_STD)
+        self.image_mean = list(image_mean if image_mean is not None else default_mean)
+        self.image_std = list(image_std if image_std is not None else default_std)
+        if len(self.image_mean) != num_channels or len(self.image_std) != num_channels:
+            raise ValueError(f"image_mean and image_std need {num_channels} value(s), one per channel.")
+        self.resample = int(resample)
+        super().__init__(**kwargs)
+
+    def __call__(self, images: ImageLike | Sequence[ImageLike], **kwargs) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
+
+    def preprocess_one(self, image: ImageLike) -> np.ndarray:
+        """One image -> normalised ``(num_channels, size, size)`` float32 array."""
+        pixels = _to_float_image(image)  # (H, W, 1|3)
+        if self.num_channels == 1 and pixels.shape[-1] == 3:
+            pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+        elif self.num_channels == 3 and pixels.shape[-1] == 1:
+            pixels = np.repeat(pixels, 3, axis=-1)
+        channels = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(pixels[..., c], dtype=np.float32), mode="F").resize(
+                    (self.size, self.size), resample=self.resample
+                ),
+                dtype=np.float32,
+            )
+            for c in range(self.num_channels)
+        ]
+        out = np.clip(np.stack(channels, axis=0), 0.0, 1.0)  # (C, size, size); clip bicubic overshoot
+        mean = np.asarray(self.image_mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
+        return (out - mean) / std
+
+    def preprocess(
+        self, images: ImageLike | Sequence[ImageLike], return_tensors: str | None = "pt", **kwargs
+    ) -> BatchFeature:
+        """Preprocess one image or a batch.
+
+        Returns:
+            ``BatchFeature`` with ``pixel_values`` of shape ``(batch, num_channels, size, size)``.
+
+        Raises:
+            ValueError: unsupported mode/type/dtype/channel count, or an empty batch (the message says what to pass).
+        """
+        if kwargs:
+            unknown = ", ".join(sorted(kwargs))
+            raise ValueError(f"CadCoderImageProcessor got unexpected argument(s): {unknown}.")
+        batch = np.stack([self.preprocess_one(image) for image in _as_image_list(images)])
+        return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
+
+
+# ------------------------------------------------------------------------------------------------ programs
+_SOLID_NAME = re.compile(r"^solid\d*$")
+
+
+def _cut_to_complete_statements(code: str) -> str:
+    """Longest prefix made of whole lines that parses as Python (drops a truncated tail)."""
+    lines = code.split("\n")
+    for end in range(len(lines), 0, -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        if not candidate:
+            continue
+        try:
+            ast.parse(candidate)
+        except (SyntaxError, ValueError):
+            continue
+        return candidate
+    return ""
+
+
+def _ensure_solid(code: str) -> str:
+    """Append ``solid = <last solidN>`` when the program never assigns ``solid`` (the evaluator reads ``solid``)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    assigned = [
+        target.id
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    ]
+    if "solid" in assigned:
+        return code
+    candidates = [name for name in assigned if _SOLID_NAME.match(name)]
+    if not candidates:
+        return code
+    return f"{code}\nsolid = {candidates[-1]}"
+
+
+def post_process_program(text: str) -> str:
+    """Clean one generated program: trim whitespace, cut back to the last complete statement, assign ``solid``.
+
+    The result is plain source text; it is never executed here (run it through ``cadcoder.sandbox``).
+    """
+    code = text.replace("\r\n", "\n").strip()
+    if not code:
+        return ""
+    code = _cut_to_complete_statements(code)
+    return _ensure_solid(code).strip()
+
+
+# ----------------------------------------------------------------------------------------------- processor
+class CadCoderProcessor(ProcessorMixin):
+    """Image processor + code tokenizer, and the single prompt format of CadCoder.
+
+    ``processor(images=..., text=[programs])`` builds a TRAINING batch (right padded): ``input_ids``,
+    ``attention_mask``, ``pixel_values``, ``labels`` (``-100`` on image/prompt/padding; the program and its final EOS
+    are supervised). ``processor(images=...)`` builds a GENERATION batch (prompt only, left padded).
+
+    Args:
+        image_processor: a ``CadCoderImageProcessor``.
+        tokenizer: a CodeGen-style tokenizer (``<|endoftext|>`` as bos/eos/pad). ``<image>`` is added if missing.
+        num_image_tokens: ``<image>`` placeholders per image; must equal ``model.config.num_image_tokens``.
+        image_token: the placeholder token string.
+    """
+
+    def __init__(
+        self, image_processor=None, tokenizer=None, num_image_tokens: int = 49, image_token: str = IMAGE_TOKEN
+    ):
+        if tokenizer is None or image_processor is None:
+            raise ValueError("CadCoderProcessor needs both an image_processor and a tokenizer.")
+        self.num_image_tokens = int(num_image_tokens)
+        if self.num_image_tokens < 1:
+            raise ValueError(
+                f"num_image_tokens={num_image_tokens}; it must be >= 1 (use model.config.num_image_tokens)."
+            )
+        self.image_token = image_token
+        if image_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos_token; CodeGen-style tokenizers use '<|endoftext|>'.")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # CodeGen convention: pad == eos, masked by attention_mask
+        super().__init__(image_processor, tokenizer)
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of the ``<image>`` placeholder token in the tokenizer."""
+        return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+    def prompt_ids(self) -> list[int]:
+        """Token ids of the prompt that precedes every program: image placeholders then bos."""
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        return [self.image_token_id] * self.num_image_tokens + [bos]
+
+    def __call__(
+        self,
+        images: ImageLike | Sequence[ImageLike] | None = None,
+        text: str | Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+        max_length: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Build model inputs.
+
+        Args:
+            images: one image or a list (PIL / numpy / torch).
+            text: ``None`` for generation, or one target program per image for training.
+            return_tensors: ``"pt"`` (default), ``"np"`` or ``None`` (lists).
+            max_length: training only: truncate sequences to this many tokens (prompt included); a truncated
+                program loses its final EOS.
+
+        Raises:
+            ValueError: no/empty images, image and text counts differ, ``max_length`` too short, unknown kwargs.
+        """
+        if kwargs:
+            raise ValueError(f"CadCoderProcessor got unexpected argument(s): {', '.join(sorted(kwargs))}.")
+        image_list = _as_image_list(images)
+        if isinstance(text, str):
+            text = [text]
+        if text is not None:
+            text = list(text)
+            if len(text) != len(image_list):
+                raise ValueError(
+                    f"got {len(image_list)} image(s) but {len(text)} program(s); pass exactly one program per image "
+                    "(or text=None to build generation prompts)."
+                )
+            if not all(isinstance(t, str) for t in text):
+                raise ValueError("text must be a list of program strings.")
+        pixel_values = self.image_processor(image_list, return_tensors="np")["pixel_values"]
+        encoded = self._encode_training(text, max_length) if text is not None else self._encode_prompts(len(image_list))
+        encoded["pixel_values"] = pixel_values
+        return BatchFeature(data=encoded, tensor_type=return_tensors)
+
+    def _encode_prompts(self, batch_size: int) -> dict[str, np.ndarray]:
+        # Every prompt has the same length, so left padding is a no-op here; generate() pads the outputs itself.
+        prompt = self.prompt_ids()
+        return {
+            "input_ids": np.asarray([prompt] * batch_size, dtype=np.int64),
+            "attention_mask": np.ones((batch_size, len(prompt)), dtype=np.int64),
+        }
+
+    def _encode_training(self, programs: list[str], max_length: int | None) -> dict[str, np.ndarray]:
+        prompt = self.prompt_ids()
+        if max_length is not None and max_length <= len(prompt):
+            raise ValueError(
+                f"max_length={max_length} leaves no room for the program: the prompt alone is {len(prompt)} tokens "
+                f"({self.num_image_tokens} image tokens + bos); use max_length > {len(prompt)}."
+            )
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for program in programs:
+            target = self.tokenizer(program, add_special_tokens=False)["input_ids"] + [eos]
+            ids = (prompt + target)[:max_length] if max_length else prompt + target
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+        labels = np.full((len(rows), width), -100, dtype=np.int64)
+        for i, ids in enumerate(rows):  # right padding
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            labels[i, len(prompt) : len(ids)] = ids[len(prompt) :]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    # ---------------------------------------------------------------------------------------- decoding
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, clean: bool = True, **kwargs) -> list[str]:
+        """Decode token ids (prompt included or not) into programs; ``clean=True`` applies
+        ``post_process_generation``."""
+        if isinstance(sequences, torch.Tensor):
+            sequences = sequences.tolist()
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return self.post_process_generation(texts) if clean else texts
+
+    def decode(self, token_ids, skip_special_tokens: bool = True, clean: bool = True, **kwargs) -> str:
+        """Decode one sequence; see ``batch_decode``."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        return self.post_process_generation(text) if clean else text
+
+    def post_process_generation(self, text: str | Sequence[str]) -> str | list[str]:
+        """Generated text -> clean CadQuery source (trimmed, cut to the last complete statement, ``solid``
+        assigned). Accepts one string or a list."""
+        if isinstance(text, str):
+            return post_process_program(text)
+        return [post_process_program(t) for t in text]
+
+
+CadCoderImageProcessor.register_for_auto_class("AutoImageProcessor")
+CadCoderProcessor.register_for_auto_class("AutoProcessor")
+if not __package__:  # imported as an installed module (not as Hub remote code): make the Auto classes see it
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    try:
+        from .configuration_cadcoder import CadCoderConfig
+    except ImportError:
+        from configuration_cadcoder import CadCoderConfig
+
+    AutoImageProcessor.register(CadCoderConfig, slow_image_processor_class=CadCoderImageProcessor, exist_ok=True)
+    AutoProcessor.register(CadCoderConfig, CadCoderProcessor, exist_ok=True)
