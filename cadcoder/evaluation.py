@@ -47,6 +47,9 @@ __all__ = [
 
 DEFAULT_CONSTANT_PROGRAM = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1.0, 1.0, 0.25)\n"
 _PROTOCOLS = ("aligned", "bbox", "mecagent")
+# Part of every cache key: bump it when cadcoder.geometry's scores change, so a resumed run never mixes
+# values of two metric versions (2: checked booleans, plane/sphere search, the challenge's normalisation).
+_SCORING_VERSION = 2
 
 
 def normalize_whitespace(code: str) -> str:
@@ -110,7 +113,11 @@ def evaluate_programs(
         A dict with ``valid_syntax_rate``, ``iou_mean``, ``iou_median``, ``iou_mean_all``,
         ``chamfer_median``, ``failures`` (counts per reason), ``ious`` and ``statuses`` (per sample,
         input order; ``ious[i]`` is None when the prediction failed or the reference did),
-        ``chamfers``, ``reference_failures`` (``{"count", "indices", "reasons"}``),
+        ``chamfers``, ``methods`` (per sample, the path that produced the IoU: ``"exact"``,
+        ``"exact-fuzzy"`` (OpenCascade's plain boolean failed a check and a fuzzy one passed),
+        ``"mesh-fallback"`` (both failed; the mesh-boolean IoU was used), ``"fast"`` or ``"voxel"``; see
+        :mod:`cadcoder.geometry`), ``iou_methods`` (counts of those), ``reference_failures``
+        (``{"count", "indices", "reasons"}``),
         ``distinct_predictions``, ``num_samples``, ``protocol``, ``fast`` and, with ``with_chance``,
         ``iou_chance``.
     """
@@ -140,9 +147,9 @@ def evaluate_programs(
     sb = sandbox if sandbox is not None else Sandbox(num_workers=num_workers, timeout=timeout)
     workers = sb.num_workers
     try:
-        pair_keys = [_key("pair", p, r, score_kwargs) for p, r in zip(predictions, references, strict=True)]
+        pair_keys = [_key("pair", _SCORING_VERSION, p, r, score_kwargs) for p, r in zip(predictions, references, strict=True)]
         chance_perm = _derangement(n, np.random.default_rng(seed)) if with_chance else []
-        chance_keys = {i: _key("chance", references[i], references[j], score_kwargs) for i, j in enumerate(chance_perm)}
+        chance_keys = {i: _key("chance", _SCORING_VERSION, references[i], references[j], score_kwargs) for i, j in enumerate(chance_perm)}
         needed_refs = {references[i] for i in range(n) if pair_keys[i] not in cache}
         needed_refs |= {references[j] for i, j in enumerate(chance_perm) if chance_keys[i] not in cache}
         # Reference validity must be known for every pair, cached or not.
@@ -185,6 +192,7 @@ def evaluate_programs(
                     "reference_error": ref.error,
                     "iou": res.value["iou"] if res.ok and ref.ok else None,
                     "chamfer": res.value["chamfer"] if res.ok and ref.ok else None,
+                    "method": res.value.get("method") if res.ok and ref.ok else None,
                 }
                 records[i] = rec
             else:
@@ -204,6 +212,7 @@ def evaluate_programs(
     ref_failed_set = set(ref_failed)
     ious = [records[i]["iou"] for i in range(n)]
     chamfers = [records[i]["chamfer"] for i in range(n)]
+    methods = [records[i].get("method") for i in range(n)]
     scored = [i for i in range(n) if i not in ref_failed_set]
     valid_ious = [ious[i] for i in scored if statuses[i] == "ok" and ious[i] is not None]
     all_ious = [ious[i] if statuses[i] == "ok" and ious[i] is not None else 0.0 for i in scored]
@@ -221,6 +230,8 @@ def evaluate_programs(
         "failures": {reason: failures.get(reason, 0) for reason in FAILURE_REASONS},
         "ious": ious,
         "chamfers": chamfers,
+        "methods": methods,
+        "iou_methods": dict(Counter(m for i, m in enumerate(methods) if m is not None and i not in ref_failed_set)),
         "statuses": statuses,
         "errors": [records[i].get("error", "") for i in range(n)],
         "reference_failures": {
@@ -287,6 +298,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if "iou_chance" in report:
         rows.append(("iou_chance", report["iou_chance"]))
+    if report.get("iou_methods"):
+        rows.append(("IoU paths", ", ".join(f"{k}={v}" for k, v in sorted(report["iou_methods"].items()))))
     rows.append(("reference failures", report["reference_failures"]["count"]))
     failures = ", ".join(f"{k}={v}" for k, v in report["failures"].items() if v) or "none"
     rows.append(("prediction failures", failures))
