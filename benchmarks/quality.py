@@ -1,0 +1,801 @@
+"""Baseline vs enhanced, answered with measurements (issue 7).
+
+Trains and evaluates, on the same synthetic train / validation / test split and with the same number of
+optimizer steps, batch size, learning-rate schedule and seed, these CadCoder variants (every decoder tiny
+and randomly initialised; the vision encoder is a randomly initialised ResNet18 too: no Hub access here):
+
+=================  ===============  ===========  =========================  =================
+variant            visual tokens    decoder      encoder                    program numbers
+=================  ===============  ===========  =========================  =================
+seed_baseline      pooled (1)       GPT-2 arch   frozen                     as in the data
+seed_enhanced      pooled (1)       CodeGen      frozen                     as in the data
+plus_grid          grid (HxW/32^2)  CodeGen      frozen                     as in the data
+plus_joint         pooled (1)       CodeGen      trained jointly            as in the data
+plus_canonical     pooled (1)       CodeGen      frozen                     canonical format
+ours               grid             CodeGen      trained jointly            canonical format
+=================  ===============  ===========  =========================  =================
+
+``seed_*`` reproduce the seed submission's two models; ``plus_*`` add each of our changes on its own to
+the seed's enhancement (the ablation); ``ours`` has all three. Training is ``train.py``'s own ``main``
+(one JSON config per variant, written next to its results, so ``python train.py <that config>``
+reruns one variant); scoring is ``cadcoder.evaluation`` through the sandbox. Nothing here re-implements
+either.
+
+Every table carries the two floors a model must clear: ``iou_chance`` (each test reference scored
+against another reference) and the constant program (the best fixed program among the default one and a
+few training programs, chosen on validation references, predicted for every test image), plus the
+share of distinct programs each model writes: a collapsed model that emits a few valid templates
+otherwise looks like progress.
+
+Reported per variant: VSR, ``iou_mean`` (valid predictions), ``iou_mean_all`` (failures count 0) and
+``chamfer_median`` under the ``aligned`` protocol; ``iou_mean_all`` under the challenge's ``mecagent``
+protocol for comparison; failure reasons; distinct share; token lengths; training wall time (optimizer
+steps only, and with the in-training evaluations). The learning curve (validation ``iou_mean_all`` and
+training loss against step) is drawn to PNG.
+
+Usage::
+
+    python benchmarks/quality.py --preset smoke          # tests: a few minutes, numbers meaningless
+    python benchmarks/quality.py --preset full           # ~45 min on 2 CPU cores, the README table
+    python benchmarks/quality.py --preset full --variants seed_baseline,ours
+    python benchmarks/quality.py --preset gpu            # real sizes (448 px, codegen-350M shape); a GPU
+    python benchmarks/quality.py --preset full --set max_steps=600 --set n_layer=6   # any train.py option
+
+Outputs (default ``outputs/quality/<preset>/``): ``results.json``, ``results.md`` (tables),
+``learning_curve.png``, and per variant a folder with the train config, the trained model, its
+``trainer_state.json`` (log history), ``test_predictions.jsonl`` and ``quality.json``. A rerun with the
+same settings reuses finished variants (``--force`` retrains); the synthetic dataset is cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --------------------------------------------------------------------------------------------------
+# What is compared
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One model recipe: the three switches of the ablation plus the decoder family."""
+
+    name: str
+    label: str
+    visual_tokens: str  # "pooled" | "grid"
+    text_model_type: str  # "gpt2" | "codegen"
+    joint: bool  # True: encoder + projector + LM train together; False: encoder frozen
+    canonical_numbers: bool
+
+    def train_options(self) -> dict[str, Any]:
+        """The train.py options this variant sets (everything else is shared)."""
+        return {
+            "visual_tokens": self.visual_tokens,
+            "text_model_type": self.text_model_type,
+            "train_stages": "all" if self.joint else "projector+language",
+            "canonical_numbers": self.canonical_numbers,
+        }
+
+    def describe(self) -> dict[str, str]:
+        """Human-readable switches for the tables."""
+        return {
+            "visual tokens": self.visual_tokens,
+            "decoder": "GPT-2" if self.text_model_type == "gpt2" else "CodeGen",
+            "encoder": "joint" if self.joint else "frozen",
+            "numbers": "canonical" if self.canonical_numbers else "raw",
+        }
+
+
+VARIANTS: tuple[Variant, ...] = (  # the headline comparison first: a run cut short still answers it
+    Variant("seed_baseline", "seed baseline (pooled + GPT-2, frozen encoder)", "pooled", "gpt2", False, False),
+    Variant("seed_enhanced", "seed enhancement (pooled + CodeGen, frozen encoder)", "pooled", "codegen", False, False),
+    Variant("ours", "ours (grid + joint + canonical numbers)", "grid", "codegen", True, True),
+    Variant("plus_grid", "seed enhancement + grid visual tokens", "grid", "codegen", False, False),
+    Variant("plus_joint", "seed enhancement + joint training", "pooled", "codegen", True, False),
+    Variant("plus_canonical", "seed enhancement + canonical numbers", "pooled", "codegen", False, True),
+)
+VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+
+# Shared train.py options per preset. Benchmark-level settings (not train.py options) start with "bench_".
+_COMMON: dict[str, Any] = {
+    "model_init": "tiny",
+    "report_to": "none",
+    "remove_unused_columns": False,
+    "dataloader_num_workers": 0,
+    "save_strategy": "no",
+    "eval_strategy": "steps",
+    "load_best_model_at_end": False,
+    "disable_tqdm": True,
+    "seed": 0,
+    "synth_seed": 0,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "eval_protocol": "aligned",
+    }
+PRESETS: dict[str, dict[str, Any]] = {
+    # A test runs this: every code path, tiny everything; the numbers mean nothing.
+    "smoke": {
+        **_COMMON,
+        "dataset": "data/synth-quality-smoke",
+        "synth_num": 60,
+        "synth_complexity": [0],
+        "synth_image_size": 128,
+        "synth_workers": 1,
+        "image_size": 64,
+        "n_layer": 1,
+        "n_embd": 32,
+        "n_head": 2,
+        "tokenizer_vocab_size": 300,
+        "max_length": 512,
+        "max_steps": 3,
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 1,
+        "logging_steps": 1,
+        "eval_steps": 3,
+        "max_eval_samples": 4,
+        "generate_eval_samples": 2,
+        "generate_max_new_tokens": 24,
+        "generate_batch_size": 4,
+        "eval_timeout": 20.0,
+        "eval_num_workers": 1,
+        "bench_test_samples": 3,
+        "bench_self_check_samples": 2,
+        "use_cpu": True,
+        "bench_constant_candidates": 2,
+        "bench_select_references": 2,
+        "bench_workers": 1,
+    },
+    # The README table: 2 shared CPU cores, under an hour for all six variants (data cached). Sized down to what a
+    # 2-core machine shared with other jobs finishes in an evening; scale with --set (e.g. max_steps=600) when you can.
+    # Same data, model shape and schedule as configs/quickstart.json, shorter (the CPU budget).
+    "full": {
+        **_COMMON,
+        "dataset": "data/synth-quickstart",
+        "synth_num": 4000,
+        "synth_complexity": [0, 1, 2, 3],
+        "synth_image_size": 448,
+        "synth_workers": 2,
+        "image_size": 128,
+        "n_layer": 4,
+        "n_embd": 256,
+        "n_head": 4,
+        "tokenizer_vocab_size": 1024,
+        # 384 tokens keep ~80 % of the programs (longer ones are dropped from training, never truncated) and
+        # bound generation: on 2 cores a step costs ~linearly in the padded length.
+        "max_length": 384,
+        "number_decimals": 3,
+        "train_sampling_strategy": "group_by_length",
+        "length_column_name": "token_count",
+        "max_steps": 80,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 8,
+        "bf16": True,
+        "logging_steps": 10,
+        "eval_steps": 40,
+        "max_eval_samples": 32,
+        "generate_eval_samples": 8,
+        "generate_batch_size": 16,
+        "eval_timeout": 10.0,
+        "eval_num_workers": 2,
+        "use_cpu": True,
+        "bench_test_samples": 50,
+        "bench_mecagent_samples": 25,  # the challenge's voxel IoU costs ~0.3-1 s a pair on 2 cores
+        "bench_self_check_samples": 5,
+        "bench_generate_batch_size": 25,
+        "bench_constant_candidates": 2,
+        "bench_select_references": 8,
+        "bench_workers": 2,
+    },
+    # Real sizes: 448 px (196 grid tokens), the codegen-350M-mono shape (random init), 20K synthetic pairs.
+    # Meant for one GPU; never run on the CPU machines this project was built on.
+    "gpu": {
+        **_COMMON,
+        "dataset": "data/synth-20k",
+        "synth_num": 20000,
+        "synth_complexity": [0, 1, 2, 3],
+        "synth_image_size": 448,
+        "synth_workers": 8,
+        "image_size": 448,
+        "n_layer": 20,
+        "n_embd": 1024,
+        "n_head": 16,
+        "tokenizer_vocab_size": 4096,
+        "max_length": 1024,
+        "max_steps": 5000,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 32,
+        "learning_rate": 3e-4,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 250,
+        "bf16": True,
+        "logging_steps": 50,
+        "eval_steps": 500,
+        "max_eval_samples": 512,
+        "generate_eval_samples": 128,
+        "generate_batch_size": 64,
+        "eval_timeout": 10.0,
+        "eval_num_workers": 8,
+        "bench_test_samples": 1000,
+        "use_cpu": False,
+        "bench_constant_candidates": 16,
+        "bench_select_references": 128,
+        "bench_workers": 8,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, torch / transformers versions and the accelerator, for every report."""
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": mem_gb,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> dict[str, Any]:
+    """The checked-out commit and whether the working tree differs from it (read-only git calls)."""
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = run("status", "--porcelain")
+    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as cosine
+
+
+def resolve_settings(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The preset's options with ``KEY=VALUE`` overrides applied (values parsed as JSON when they can be)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    settings = dict(PRESETS[preset])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set max_steps=600")
+        settings[key.strip()] = _parse_value(value.strip())
+    return settings
+
+
+def train_config(settings: dict[str, Any], variant: Variant, output_dir: Path) -> dict[str, Any]:
+    """The full train.py config of one variant: shared settings + the variant's switches."""
+    config = {k: v for k, v in settings.items() if not k.startswith("bench_")}
+    config.update(variant.train_options())
+    config["test_samples"] = 0  # the benchmark scores the test set itself, on one shared sandbox
+    config["output_dir"] = str(output_dir)
+    config["_comment"] = f"benchmarks/quality.py variant {variant.name}: {variant.label}"
+    return config
+
+
+def settings_key(config: dict[str, Any]) -> str:
+    """A hash of everything that changes a variant's result (output_dir and comments excluded)."""
+    relevant = {k: v for k, v in config.items() if k != "output_dir" and not k.startswith("_comment")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _abs_dataset(settings: dict[str, Any]) -> dict[str, Any]:
+    path = Path(settings["dataset"])
+    if not path.is_absolute() and not path.exists() and (REPO / path).parent.exists():
+        settings = {**settings, "dataset": str(REPO / path)}
+    return settings
+
+
+# --------------------------------------------------------------------------------------------------
+# Data and baselines
+# --------------------------------------------------------------------------------------------------
+def ensure_dataset(settings: dict[str, Any]) -> tuple[Any, float]:
+    """Build the synthetic set if its folder is missing (cached afterwards); return it and the build seconds."""
+    from cadcoder.data import load_cad_dataset
+    from cadcoder.training import build_synthetic_mix
+
+    path = Path(settings["dataset"])
+    seconds = 0.0
+    if not (path / "dataset_dict.json").exists():
+        if settings.get("synth_num", 0) <= 0:
+            raise FileNotFoundError(f"dataset {path} does not exist; build it with `cadcoder synth` or set synth_num")
+        print(f"[quality] generating {settings['synth_num']} synthetic pairs into {path} (cached for later runs)", flush=True)
+        t0 = time.perf_counter()
+        build_synthetic_mix(settings["synth_num"], path, settings["synth_complexity"], seed=settings["synth_seed"],
+                            workers=settings["synth_workers"], image_size=settings["synth_image_size"], progress=False)
+        seconds = time.perf_counter() - t0
+    return load_cad_dataset(str(path)), seconds
+
+
+def test_references(data: Any, settings: dict[str, Any]) -> list[str]:
+    """The test programs every variant is scored on (same selection as train.py's test step)."""
+    test = data["test"]
+    return list(test.select(range(min(settings["bench_test_samples"], len(test))))["cadquery"])
+
+
+def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbox: Any) -> dict[str, Any]:
+    """Chance level and the constant-program baseline under the aligned and mecagent protocols.
+
+    The constant program is chosen among the default program and ``bench_constant_candidates`` training
+    programs on the first ``bench_select_references`` validation references (aligned IoU), then scored on the
+    test references under both protocols. ``iou_chance`` scores each test reference against another one (a
+    seeded derangement, ``evaluate_programs(with_chance=True)``). Under ``aligned`` the chance pass also scores
+    every reference against itself, which must give 1.0 (reported as ``reference_self_iou``: a check of the
+    metric); under ``mecagent`` that check runs on the first ``bench_self_check_samples`` references only, and
+    everything is scored on the first ``bench_mecagent_samples`` test parts (its voxelisation is the slow part).
+    """
+    from cadcoder.evaluation import DEFAULT_CONSTANT_PROGRAM, evaluate_programs
+    from cadcoder.training import constant_program_baseline
+
+    train = data["train"]
+    pool = train.shuffle(seed=settings["seed"]).select(range(min(settings["bench_constant_candidates"], len(train))))
+    candidates = [DEFAULT_CONSTANT_PROGRAM, *pool["cadquery"]]
+    val = data["validation"]
+    select = list(val.select(range(min(settings["bench_select_references"], len(val))))["cadquery"])
+    out: dict[str, Any] = {"constant_candidates": len(candidates), "select_references": len(select)}
+
+    t0 = time.perf_counter()
+    ev = dict(timeout=settings["eval_timeout"], progress=False, sandbox=sandbox)
+    chance = evaluate_programs(refs, refs, protocol="aligned", with_chance=True, **ev)
+    constant = constant_program_baseline(candidates, select, refs, protocol="aligned", **ev)
+    out["aligned"] = {
+        "iou_chance": chance.get("iou_chance"),
+        "reference_self_iou": chance.get("iou_mean"),
+        "reference_failures": chance["reference_failures"]["count"],
+        "constant_iou_mean_all": constant["iou_mean_all"],
+        "constant_valid_syntax_rate": constant["valid_syntax_rate"],
+        "constant_program": constant["program"],
+        "samples": len(refs),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    t0 = time.perf_counter()
+    meca_refs = refs[: settings.get("bench_mecagent_samples", len(refs))]
+    n_self = min(len(meca_refs), settings.get("bench_self_check_samples", len(meca_refs)))
+    meca = evaluate_programs([constant["program"]] * len(meca_refs), meca_refs, protocol="mecagent",
+                             with_chance=True, chamfer_points=0, **ev)
+    self_check = evaluate_programs(meca_refs[:n_self], meca_refs[:n_self], protocol="mecagent", chamfer_points=0, **ev)
+    out["mecagent"] = {
+        "iou_chance": meca.get("iou_chance"),
+        "reference_self_iou": self_check.get("iou_mean"),
+        "reference_self_iou_samples": n_self,
+        "constant_iou_mean_all": meca["iou_mean_all"],
+        "constant_valid_syntax_rate": meca["valid_syntax_rate"],
+        "samples": len(meca_refs),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# One variant
+# --------------------------------------------------------------------------------------------------
+_TRAIN_MODULE: Any = None
+
+
+def _train_main(argv: list[str]) -> dict[str, Any]:
+    """train.py's ``main`` (the script is a file at the repository root, loaded once)."""
+    global _TRAIN_MODULE
+    if _TRAIN_MODULE is None:
+        spec = importlib.util.spec_from_file_location("cadcoder_train_script", REPO / "train.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while train.py is being executed
+        spec.loader.exec_module(module)
+        _TRAIN_MODULE = module
+    return _TRAIN_MODULE.main(argv)
+
+
+def learning_curve(log_history: list[dict[str, Any]]) -> dict[str, list]:
+    """Validation execution metrics and training loss against step, from a Trainer log history."""
+    curve: dict[str, list] = {"eval_step": [], "eval_iou_mean_all": [], "eval_valid_syntax_rate": [],
+                              "eval_distinct_predictions": [], "eval_loss": [], "train_step": [], "train_loss": []}
+    for entry in log_history:
+        if "eval_loss" in entry:
+            curve["eval_step"].append(entry.get("step"))
+            for key in ("eval_iou_mean_all", "eval_valid_syntax_rate", "eval_distinct_predictions", "eval_loss"):
+                curve[key].append(entry.get(key))
+        elif "loss" in entry:
+            curve["train_step"].append(entry.get("step"))
+            curve["train_loss"].append(entry.get("loss"))
+    return curve
+
+
+def token_lengths(output_dir: Path, programs: list[str], canonical: bool, decimals: int) -> dict[str, float] | None:
+    """Mean / median / max tokens of ``programs`` with the variant's own tokenizer and number format."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    except Exception as err:  # noqa: BLE001 - a missing statistic must not lose a finished training run
+        print(f"[quality] token lengths skipped ({type(err).__name__}: {err})", flush=True)
+        return None
+    from cadcoder.data import canonicalize_numbers
+
+    texts = [canonicalize_numbers(p, decimals) if canonical else p for p in programs]
+    lengths = sorted(len(ids) for ids in tokenizer(texts)["input_ids"])
+    return {"mean": round(sum(lengths) / len(lengths), 1), "median": float(lengths[len(lengths) // 2]),
+            "max": float(lengths[-1]), "characters_mean": round(sum(map(len, texts)) / len(texts), 1)}
+
+
+def generation_length(processor: Any, train_programs: list[str], image: Any, max_length: int,
+                      override: int | None = None) -> int:
+    """train.py's rule for max_new_tokens: longest training program that fits, + 10 % (capped by max_length)."""
+    if override:
+        return int(override)
+    prompt = len(processor(images=[image], return_tensors="pt")["input_ids"][0])
+    budget = max_length - prompt - 1
+    lengths = [len(ids) for ids in processor.tokenizer(train_programs)["input_ids"]]
+    kept = [n for n in lengths if n <= budget] or [budget]
+    return min(budget, int(max(kept) * 1.1) + 8)
+
+
+def score_test(vdir: Path, variant: Variant, settings: dict[str, Any], data: Any, sandbox: Any) -> dict[str, Any]:
+    """Greedy programs for the test images from the trained model in ``vdir``, scored under both protocols.
+
+    Uses train.py's own generation (``cadcoder.training.generate_programs``) and scoring
+    (``cadcoder.training.execution_metrics`` over ``cadcoder.evaluation``) on the benchmark's shared sandbox,
+    so the sandbox starts once per benchmark instead of several times per variant.
+    """
+    import contextlib
+
+    import torch
+
+    from cadcoder.data import canonicalize_numbers, decode_image
+    from cadcoder.inference import load_model
+    from cadcoder.training import execution_metrics, generate_programs
+
+    use_cpu = settings.get("use_cpu", True) or not torch.cuda.is_available()
+    device = "cpu" if use_cpu else "cuda"
+    model, processor = load_model(vdir, device=device)
+    test = data["test"].select(range(min(settings["bench_test_samples"], len(data["test"]))))
+    refs = list(test["cadquery"])
+    images = [decode_image(v) for v in test["image"]]
+    decimals = settings.get("number_decimals", 4)
+    train_programs = [canonicalize_numbers(c, decimals) if variant.canonical_numbers else c for c in data["train"]["cadquery"]]
+    max_new = generation_length(processor, train_programs, images[0], settings["max_length"],
+                                settings.get("generate_max_new_tokens"))
+    # fp32 by default: on CPU, bf16 autocast slows small-batch decoding down (casts around every small matmul).
+    bf16 = settings.get("bench_generate_bf16", not use_cpu and settings.get("bf16", False))
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    preds = generate_programs(model, processor, images, max_new_tokens=max_new,
+                              batch_size=settings.get("bench_generate_batch_size", settings["generate_batch_size"]),
+                              autocast=autocast)
+    generate_s = time.perf_counter() - t0
+    del model
+    gc.collect()
+    with open(vdir / "test_predictions.jsonl", "w") as fh:
+        for p, r in zip(preds, refs):
+            fh.write(json.dumps({"prediction": p, "reference": r}) + "\n")
+    ev = dict(timeout=settings["eval_timeout"], progress=False, sandbox=sandbox)
+    t1 = time.perf_counter()
+    aligned = execution_metrics(preds, refs, protocol="aligned", **ev)
+    aligned_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    n_meca = settings.get("bench_mecagent_samples", len(refs))
+    meca = execution_metrics(preds[:n_meca], refs[:n_meca], protocol="mecagent", chamfer_points=0, **ev)
+    meca_s = time.perf_counter() - t2
+    return {"predictions": preds, "references": refs, "aligned": aligned, "mecagent": meca,
+            "max_new_tokens": max_new, "generate_s": generate_s, "aligned_s": aligned_s, "mecagent_s": meca_s}
+
+
+def run_variant(variant: Variant, settings: dict[str, Any], out_dir: Path, data: Any, sandbox: Any,
+                force: bool = False) -> dict[str, Any]:
+    """Train one variant with train.py, score its test predictions under both protocols; cached by settings."""
+    vdir = out_dir / variant.name
+    config = train_config(settings, variant, vdir)
+    key = settings_key({**config, "bench_test_samples": settings["bench_test_samples"]})
+    result_path = vdir / "quality.json"
+    if result_path.exists() and not force:
+        cached = json.loads(result_path.read_text())
+        if cached.get("settings_key") == key:
+            print(f"[quality] {variant.name}: reusing {result_path} (same settings; --force retrains)", flush=True)
+            return cached
+    vdir.mkdir(parents=True, exist_ok=True)
+    config_path = vdir / "train_config.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    print(f"\n[quality] ===== {variant.name}: {variant.label} =====\n[quality] python train.py {config_path}", flush=True)
+
+    t0 = time.perf_counter()
+    train_results = _train_main([str(config_path)])
+    train_wall = time.perf_counter() - t0
+    gc.collect()
+    log_history = json.loads((vdir / "trainer_state.json").read_text()).get("log_history", [])
+    eval_seconds = sum(e.get("eval_runtime", 0.0) for e in log_history if "eval_loss" in e)
+    train_runtime = float(train_results.get("train_runtime_s") or 0.0)
+    optimisation = max(0.0, train_runtime - eval_seconds)
+    samples = settings["max_steps"] * settings["per_device_train_batch_size"]
+
+    test = score_test(vdir, variant, settings, data, sandbox)
+    aligned, meca = test["aligned"], test["mecagent"]
+    failures = {k[len("failures_"):]: v for k, v in aligned.items() if k.startswith("failures_")}
+    from configuration_cadcoder import CadCoderConfig
+
+    model_config = CadCoderConfig.from_pretrained(str(vdir))
+    n_params = None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(vdir / "model.safetensors"), "pt") as fh:
+            n_params = sum(math.prod(fh.get_slice(name).get_shape()) for name in fh.keys())
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    record = {
+        "variant": variant.name,
+        "label": variant.label,
+        "switches": asdict(variant),
+        "settings_key": key,
+        "parameters": n_params,
+        "image_tokens": model_config.num_image_tokens,
+        "aligned": {k: aligned.get(k) for k in ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all", "chamfer_median")},
+        "mecagent": {**{k: meca.get(k) for k in ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all")},
+                     "samples": min(len(test["references"]), settings.get("bench_mecagent_samples", len(test["references"])))},
+        "distinct_predictions": aligned.get("distinct_predictions"),
+        "failures": failures,
+        "test_samples": len(test["references"]),
+        "train_loss": train_results.get("train_loss"),
+        "max_new_tokens": test["max_new_tokens"],
+        "timing": {
+            "train_runtime_s": round(train_runtime, 1),
+            "in_training_eval_s": round(eval_seconds, 1),
+            "optimisation_s": round(optimisation, 1),
+            "samples_per_s": round(samples / optimisation, 2) if optimisation > 0 else None,
+            "train_py_wall_s": round(train_wall, 1),
+            "test_generate_s": round(test["generate_s"], 1),
+            "test_score_aligned_s": round(test["aligned_s"], 1),
+            "test_score_mecagent_s": round(test["mecagent_s"], 1),
+        },
+        "token_lengths_test": token_lengths(vdir, test["references"], variant.canonical_numbers,
+                                            settings.get("number_decimals", 4)),
+        "curve": learning_curve(log_history),
+        "example_predictions": test["predictions"][:3],
+    }
+    result_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------------
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The results as markdown: the main table (with the baselines), failure reasons, cost and lengths."""
+    s = meta["settings"]
+    al, me = baselines["aligned"], baselines["mecagent"]
+    n = meta["test_samples"]
+    lines = [
+        f"Preset `{meta['preset']}`: {n} test parts, {s['max_steps']} optimizer steps x batch "
+        f"{s['per_device_train_batch_size']} per variant, images {s['image_size']} px, decoder "
+        f"{s['n_layer']}x{s['n_embd']} (random init), lr {s['learning_rate']} {s['lr_scheduler_type']}, "
+        f"bf16={bool(s.get('bf16'))}, seed {s['seed']}. Machine: {meta['machine']['cpu']}, "
+        f"{meta['machine']['cores']} cores, torch {meta['machine']['torch']}. "
+        f"Commit {(meta['git']['commit'] or 'unknown')[:12]}{' (+ uncommitted changes)' if meta['git']['dirty'] else ''}.",
+        "",
+        "| model | visual tokens | decoder | encoder | numbers | VSR | iou_mean | iou_mean_all | chamfer_median "
+        f"| mecagent iou_mean_all ({me.get('samples', n)} parts) | distinct | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| chance (reference vs another reference) | | | | | | | {_f(al['iou_chance'])} | | {_f(me['iou_chance'])} | | |",
+        f"| constant program (best of {baselines['constant_candidates']}, chosen on validation) | | | | | "
+        f"{_f(al['constant_valid_syntax_rate'], 2)} | | {_f(al['constant_iou_mean_all'])} | | "
+        f"{_f(me['constant_iou_mean_all'])} | {_f(1 / n if n else None, 2)} | |",
+    ]
+    for r in records:
+        d = Variant(**r["switches"]).describe()
+        a, m = r["aligned"], r["mecagent"]
+        lines.append(
+            f"| {r['variant']} | {d['visual tokens']} | {d['decoder']} | {d['encoder']} | {d['numbers']} | "
+            f"{_f(a['valid_syntax_rate'], 2)} | {_f(a['iou_mean'])} | **{_f(a['iou_mean_all'])}** | "
+            f"{_f(a['chamfer_median'], 4)} | {_f(m['iou_mean_all'])} | {_f(r['distinct_predictions'], 2)} | "
+            f"{_f(r['timing']['optimisation_s'], 0)} |"
+        )
+    lines += [
+        "",
+        "VSR: share of programs that run to a valid solid. iou_mean: over valid predictions; iou_mean_all: over all "
+        "test parts, failures count 0 (the number to compare). chamfer_median: over valid predictions, after the "
+        "same alignment. mecagent: the challenge's surface-voxel IoU (its protocol scores a part against itself at "
+        f"{_f(me.get('reference_self_iou'))} here, not 1.0), on the first {me.get('samples', n)} test parts. "
+        "distinct: share of distinct programs. train s: wall seconds of the optimizer steps (in-training "
+        "evaluations excluded).",
+        "",
+    ]
+    reasons = sorted({k for r in records for k, v in r["failures"].items() if v})
+    if reasons:
+        lines += ["Failure reasons of the test predictions (counts):", "",
+                  "| model | " + " | ".join(reasons) + " |", "| --- |" + " --- |" * len(reasons)]
+        lines += [f"| {r['variant']} | " + " | ".join(str(r["failures"].get(k, 0)) for k in reasons) + " |" for r in records]
+        lines.append("")
+    lines += ["Cost and lengths:", "",
+              "| model | parameters | image tokens | optimisation s | samples/s | in-training eval s | test generation s "
+              "| mean test program tokens | final train loss |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        t, tl = r["timing"], r.get("token_lengths_test") or {}
+        params = f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else "n/a"
+        lines.append(f"| {r['variant']} | {params} | {_f(r.get('image_tokens'))} | {_f(t['optimisation_s'], 0)} | "
+                     f"{_f(t['samples_per_s'], 1)} | {_f(t['in_training_eval_s'], 0)} | {_f(t['test_generate_s'], 1)} | "
+                     f"{_f(tl.get('mean'), 0)} | {_f(r.get('train_loss'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any], path: Path) -> None:
+    """Validation iou_mean_all and training loss against step, one line per variant (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_iou, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in records:
+        c = r["curve"]
+        pts = [(s, v) for s, v in zip(c["eval_step"], c["eval_iou_mean_all"]) if v is not None]
+        style = dict(lw=2.5) if r["variant"] == "ours" else dict(lw=1.4)
+        if pts:
+            ax_iou.plot(*zip(*pts), marker="o", label=r["variant"], **style)
+        if c["train_step"]:
+            ax_loss.plot(c["train_step"], c["train_loss"], label=r["variant"], **style)
+    al = baselines["aligned"]
+    if al.get("iou_chance") is not None:
+        ax_iou.axhline(al["iou_chance"], color="grey", ls="--", lw=1, label="chance (test)")
+    ax_iou.axhline(al["constant_iou_mean_all"], color="black", ls=":", lw=1, label="constant program (test)")
+    ax_iou.set(xlabel="optimizer step", ylabel="validation iou_mean_all (aligned)", title="Validation IoU (failures = 0)")
+    ax_iou.set_ylim(bottom=0)
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
+    ax_iou.legend(fontsize=8)
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(records: list[dict[str, Any]], baselines: dict[str, Any], meta: dict[str, Any], out_dir: Path) -> str:
+    """Write results.json, results.md and learning_curve.png for the variants finished so far; return the tables."""
+    table = markdown_tables(records, baselines, meta)
+    plot_learning_curves(records, baselines, out_dir / "learning_curve.png")
+    results = {**meta, "baselines": baselines, "variants": records}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    status = "" if meta.get("complete", True) else "**Partial: not every variant has finished yet.**\n\n"
+    (out_dir / "results.md").write_text(f"# CadCoder quality benchmark ({meta['preset']})\n\n{status}{table}\n"
+                                        f"![learning curve](learning_curve.png)\n\nReproduce: `{meta['command']}`\n")
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; return the results dict that is also written to ``results.json``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    ap.add_argument("--variants", default=",".join(v.name for v in VARIANTS),
+                    help="comma list of variants to run (default: all): " + ", ".join(VARIANTS_BY_NAME))
+    ap.add_argument("--out", default=None, help="output folder (default: outputs/quality/<preset>)")
+    ap.add_argument("--dataset", default=None, help="dataset folder (default: the preset's; generated if missing)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a preset setting or any train.py option, e.g. --set max_steps=600 (repeatable)")
+    ap.add_argument("--force", action="store_true", help="retrain variants that already have results")
+    args = ap.parse_args(argv)
+
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS_BY_NAME]
+    if unknown or not names:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS_BY_NAME)}")
+    settings = resolve_settings(args.preset, args.set)
+    if args.dataset:
+        settings["dataset"] = args.dataset
+    settings = _abs_dataset(settings)
+    out_dir = Path(args.out) if args.out else REPO / "outputs" / "quality" / args.preset
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    if settings.get("use_cpu", True):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    started = time.perf_counter()
+    machine, git = machine_info(), git_commit()
+    print("[quality] machine: " + json.dumps(machine), flush=True)
+    print(f"[quality] git: {git['commit']}{' (dirty working tree)' if git['dirty'] else ''}", flush=True)
+    print("[quality] settings: " + json.dumps(settings, sort_keys=True), flush=True)
+    print(f"[quality] variants: {', '.join(names)}; output: {out_dir}", flush=True)
+
+    data, synth_seconds = ensure_dataset(settings)
+    refs = test_references(data, settings)
+    if not refs:
+        raise ValueError(f"dataset {settings['dataset']} has an empty test split; generate more pairs (synth_num)")
+    split_sizes = {k: len(v) for k, v in data.items()}
+    print(f"[quality] dataset {settings['dataset']}: {split_sizes}; scoring {len(refs)} test parts", flush=True)
+    meta = {"preset": args.preset, "settings": settings, "machine": machine, "git": git, "test_samples": len(refs),
+            "dataset_splits": split_sizes, "synth_seconds": round(synth_seconds, 1),
+            "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+
+    from cadcoder.sandbox import Sandbox
+
+    records: list[dict[str, Any]] = []
+    with Sandbox(num_workers=settings["bench_workers"], timeout=settings["eval_timeout"]) as sandbox:
+        base_path = out_dir / "baselines.json"
+        base_key = hashlib.sha256(json.dumps([refs, {k: v for k, v in settings.items() if k.startswith("bench_")},
+                                              settings["seed"], settings["eval_timeout"]], sort_keys=True).encode()).hexdigest()[:16]
+        baselines = json.loads(base_path.read_text()) if base_path.exists() else {}
+        if baselines.get("key") != base_key or args.force:
+            print("[quality] scoring the chance level and the constant-program baseline", flush=True)
+            baselines = {"key": base_key, **score_baselines(data, refs, settings, sandbox)}
+            base_path.write_text(json.dumps(baselines, indent=2) + "\n")
+        for name in names:
+            records.append(run_variant(VARIANTS_BY_NAME[name], settings, out_dir, data, sandbox, force=args.force))
+            # Rewritten after every variant: a run stopped early still leaves a table of what finished.
+            meta.update(complete=len(records) == len(names), total_seconds=round(time.perf_counter() - started, 1))
+            table = write_report(records, baselines, meta, out_dir)
+
+    print("\n" + table, flush=True)
+    print(f"[quality] wrote {out_dir / 'results.json'}, {out_dir / 'results.md'}, {out_dir / 'learning_curve.png'} "
+          f"in {meta['total_seconds'] / 60:.1f} min", flush=True)
+    return {**meta, "baselines": baselines, "variants": records}
+
+
+if __name__ == "__main__":
+    main()
