@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from cadcoder.provenance import machine_summary  # noqa: E402
 
 
 def _corpus(n: int = 200) -> list[str]:
@@ -171,25 +172,6 @@ def measure_memory(dtype: str, threads: int, batch: int = 1, new_tokens: int = 4
     return json.loads(line[len("RESULT") :]) | {"batch": batch, "new_tokens": new_tokens}
 
 
-def machine_info(threads: int) -> str:
-    import timm
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"machine: {cpu}, {os.cpu_count()} logical CPUs, load avg {load:.1f} at start; torch {torch.__version__} "
-            f"({threads} threads), transformers {transformers.__version__}, timm {timm.__version__}, "
-            f"python {platform.python_version()}")  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -210,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     torch.manual_seed(0)
-    print(machine_info(threads))
+    print(machine_summary())
     print(f"settings: greedy, fixed new tokens (min_new_tokens = max_new_tokens), random weights, fp32, "
           f"batch sizes {args.batch_sizes}, best of {args.repeats}\n")  # fmt: skip
-    results: dict = {"machine": machine_info(threads), "throughput": [], "image_size": [], "memory": []}
+    results: dict = {"machine": machine_summary(), "throughput": [], "image_size": [], "memory": []}
 
     if not args.skip_throughput:
         print(TABLE_HEADER)

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from cadcoder.provenance import machine_summary  # noqa: E402
 
 
 def _quickstart_paths() -> tuple[str, str]:
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
           f"top_p={args.top_p} seed={args.seed} (greedy program is candidate 0) | max_new_tokens="
           f"{args.max_new_tokens or model.generation_config.max_new_tokens} | IoU protocol {args.protocol}"
           f"{' (fast)' if args.fast else ' (exact)'} | sandbox {args.num_workers} workers, timeout {args.timeout}s")  # fmt: skip
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device {device}, "
-          f"torch threads {torch.get_num_threads()}, torch {torch.__version__} | export off")
+    print(f"{machine_summary()} | device {device} | export off")
     print()
     print(f"| {'strategy':<22} | {'VSR':>5} | {'IoU mean_all':>12} | {'IoU (valid)':>11} | {'cands/img':>9} | {'s/image':>7} |")
     print(f"|{'-' * 24}|{'-' * 7}|{'-' * 14}|{'-' * 13}|{'-' * 11}|{'-' * 9}|")

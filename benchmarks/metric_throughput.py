@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cadcoder.provenance import machine_summary  # noqa: E402
 
 
 def load_pairs(limit: int) -> tuple[list[str], list[str]]:
@@ -70,7 +70,7 @@ def main() -> None:
 
     preds, refs = load_pairs(args.pairs)
     n = len(preds)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible (shared), python {platform.python_version()}")
+    print(machine_summary())
     print(f"pairs: {n} (GenCAD sample, i vs i+1 and i vs i); workers={args.workers}; timeout={args.timeout}s; protocol=aligned; chamfer 2048 pts")
     metric = evaluate.load(str(REPO / "metrics" / "cad_iou"))
     rows = []

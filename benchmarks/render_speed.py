@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from cadcoder.provenance import machine_summary  # noqa: E402
 
 DEFAULT_SAMPLE = Path(os.environ.get("CADCODER_GENCAD_SAMPLE", REPO.parent / "shared" / "gencad_sample"))
 
@@ -114,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-sandbox", action="store_true", help="skip the sandbox part")
     args = parser.parse_args(argv)
 
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-          f"numpy {np.__version__}; backend: cadcoder NumPy rasteriser (CPU, single thread)")
+    print(machine_summary())
+    print(f"numpy {np.__version__}; backend: cadcoder NumPy rasteriser (CPU, single thread)")
     print(f"\n== renderer alone (fresh shape per run, tessellation included; {args.repeats} repeats) ==")
     print("(wall-clock ms, and the process's CPU ms, which is what a busy shared machine cannot inflate)")
     print(f"{'part':>10} {'size':>5} {'median_ms':>10} {'max_ms':>8} {'cpu_ms':>7}")

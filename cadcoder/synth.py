@@ -1071,7 +1071,6 @@ def build_synthetic_dataset(
         ValueError: bad arguments, or ``out_dir`` holds a run made with different settings.
         RuntimeError: fewer than ``num`` valid samples after ``max_attempts`` programs.
     """
-    import datasets
     from tqdm.auto import tqdm
 
     from cadcoder.sandbox import Sandbox
