@@ -287,7 +287,7 @@ def main(argv: list[str]) -> dict:
         trainer.save_state()
         trainer.log_metrics("train", train_result.metrics)
         results = {"train_loss": train_result.metrics.get("train_loss"),
-                   "train_runtime_s": round(train_result.metrics.get("train_runtime", 0.0), 1)}
+                   "train_runtime_s": round(train_result.metrics.get("train_runtime", 0.0), 3)}
 
     # ---------------------------------------------------------------------------------- test
     do_test = dargs.test_samples > 0 and dargs.test_split in data

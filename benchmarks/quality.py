@@ -494,8 +494,6 @@ def score_test(vdir: Path, variant: Variant, settings: dict[str, Any], data: Any
     (``cadcoder.training.execution_metrics`` over ``cadcoder.evaluation``) on the benchmark's shared sandbox,
     so the sandbox starts once per benchmark instead of several times per variant.
     """
-    import contextlib
-
     import torch
 
     from cadcoder.data import canonicalize_numbers, decode_image
@@ -514,7 +512,7 @@ def score_test(vdir: Path, variant: Variant, settings: dict[str, Any], data: Any
                                 settings.get("generate_max_new_tokens"))
     # fp32 by default: on CPU, bf16 autocast slows small-batch decoding down (casts around every small matmul).
     bf16 = settings.get("bench_generate_bf16", not use_cpu and settings.get("bf16", False))
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else None  # a fresh context per batch
     t0 = time.perf_counter()
     preds = generate_programs(model, processor, images, max_new_tokens=max_new,
                               batch_size=settings.get("bench_generate_batch_size", settings["generate_batch_size"]),
@@ -594,9 +592,9 @@ def run_variant(variant: Variant, settings: dict[str, Any], out_dir: Path, data:
         "train_loss": train_results.get("train_loss"),
         "max_new_tokens": test["max_new_tokens"],
         "timing": {
-            "train_runtime_s": round(train_runtime, 1),
-            "in_training_eval_s": round(eval_seconds, 1),
-            "optimisation_s": round(optimisation, 1),
+            "train_runtime_s": round(train_runtime, 3),
+            "in_training_eval_s": round(eval_seconds, 3),
+            "optimisation_s": round(optimisation, 3),
             "samples_per_s": round(samples / optimisation, 2) if optimisation > 0 else None,
             "train_py_wall_s": round(train_wall, 1),
             "test_generate_s": round(test["generate_s"], 1),
@@ -671,31 +669,41 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
         lines.append("")
     lines += ["Cost and lengths:", "",
               "| model | parameters | image tokens | optimisation s | samples/s | in-training eval s | test generation s "
-              "| mean test program tokens | final train loss |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| mean test program tokens | mean train loss | final validation loss |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:
         t, tl = r["timing"], r.get("token_lengths_test") or {}
         params = f"{r['parameters'] / 1e6:.1f}M" if r.get("parameters") else "n/a"
         lines.append(f"| {r['variant']} | {params} | {_f(r.get('image_tokens'))} | {_f(t['optimisation_s'], 0)} | "
                      f"{_f(t['samples_per_s'], 1)} | {_f(t['in_training_eval_s'], 0)} | {_f(t['test_generate_s'], 1)} | "
-                     f"{_f(tl.get('mean'), 0)} | {_f(r.get('train_loss'))} |")
+                     f"{_f(tl.get('mean'), 0)} | {_f(r.get('train_loss'))} | "
+                     f"{_f(next((v for v in reversed(r['curve'].get('eval_loss', [])) if v is not None), None))} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any], path: Path) -> None:
-    """Validation iou_mean_all and training loss against step, one line per variant (PNG)."""
+    """Validation iou_mean_all, validation loss and training loss against step, one line per variant (PNG).
+
+    Losses are per token of each variant's own tokenizer, so they compare directly only between variants with
+    the same number format (raw or canonical); the IoU panel compares every variant.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_iou, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_iou, ax_vloss, ax_loss) = plt.subplots(1, 3, figsize=(16, 4.5))
     for r in records:
         c = r["curve"]
-        pts = [(s, v) for s, v in zip(c["eval_step"], c["eval_iou_mean_all"]) if v is not None]
         style = dict(lw=2.5) if r["variant"] == "ours" else dict(lw=1.4)
+        if r["switches"].get("canonical_numbers"):
+            style["ls"] = "--"
+        pts = [(s, v) for s, v in zip(c["eval_step"], c["eval_iou_mean_all"]) if v is not None]
         if pts:
             ax_iou.plot(*zip(*pts), marker="o", label=r["variant"], **style)
+        pts = [(s, v) for s, v in zip(c["eval_step"], c.get("eval_loss", [])) if v is not None]
+        if pts:
+            ax_vloss.plot(*zip(*pts), marker="o", label=r["variant"], **style)
         if c["train_step"]:
             ax_loss.plot(c["train_step"], c["train_loss"], label=r["variant"], **style)
     al = baselines["aligned"]
@@ -704,9 +712,11 @@ def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any
     ax_iou.axhline(al["constant_iou_mean_all"], color="black", ls=":", lw=1, label="constant program (test)")
     ax_iou.set(xlabel="optimizer step", ylabel="validation iou_mean_all (aligned)", title="Validation IoU (failures = 0)")
     ax_iou.set_ylim(bottom=0)
-    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="Training loss")
-    ax_iou.legend(fontsize=8)
-    ax_loss.legend(fontsize=8)
+    ax_vloss.set(xlabel="optimizer step", ylabel="validation loss per token", title="Validation loss (dashed: canonical numbers)")
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss per token", title="Training loss (dashed: canonical numbers)")
+    for ax in (ax_iou, ax_vloss, ax_loss):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -381,6 +381,11 @@ def transfer_runs(model: Any, processor: Any, images: Sequence[Image.Image], ref
                 for i, p, s, iou in zip(ids, preds, report["statuses"], report["ious"])
             ],
         })  # fmt: skip
+        if progress:  # one line per strategy as it finishes, so a long run shows its numbers early
+            r = rows[-1]
+            print(f"  {strategy}: VSR {_fmt(r['valid_syntax_rate'], 2)}, iou_mean {_fmt(r['iou_mean'])}, "
+                  f"iou_mean_all {_fmt(r['iou_mean_all'])}, distinct {_fmt(r['distinct_predictions'], 2)}, "
+                  f"failures {r['failures'] or 'none'}, {r['seconds_per_image']:.2f} s/image", flush=True)
     return rows
 
 
