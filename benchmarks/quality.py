@@ -56,8 +56,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -67,6 +65,8 @@ from typing import Any, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from cadcoder.provenance import git_commit, machine_info  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -249,53 +249,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bench_workers": 8,
     },
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# Provenance
-# --------------------------------------------------------------------------------------------------
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory, torch / transformers versions and the accelerator, for every report."""
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": mem_gb,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-    }
-
-
-def git_commit() -> dict[str, Any]:
-    """The checked-out commit and whether the working tree differs from it (read-only git calls)."""
-    def run(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    status = run("status", "--porcelain")
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -767,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if settings.get("use_cpu", True):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
     started = time.perf_counter()
-    machine, git = machine_info(), git_commit()
+    machine, git = machine_info(), git_commit(REPO)
     print("[quality] machine: " + json.dumps(machine), flush=True)
     print(f"[quality] git: {git['commit']}{' (dirty working tree)' if git['dirty'] else ''}", flush=True)
     print("[quality] settings: " + json.dumps(settings, sort_keys=True), flush=True)
