@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from cadcoder.provenance import git_commit, machine_summary  # noqa: E402
 
 DEFAULT_SAMPLE = Path(os.environ.get("CADCODER_GENCAD_SAMPLE", REPO.parent / "shared" / "gencad_sample"))
 
@@ -458,7 +459,7 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
         "settings": {"strategies": strategies, "num_candidates": args.num_candidates, "seed": args.seed,
                      "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "workers": args.workers,
                      "timeout": args.timeout, "torch_threads": torch.get_num_threads()},
-        "machine": _machine(), "commit": _commit(), "goals": TRANSFER_GOALS, "models": [],
+        "machine": machine_summary(), "commit": _commit(), "goals": TRANSFER_GOALS, "models": [],
     }  # fmt: skip
     with Sandbox(num_workers=args.workers, timeout=args.timeout) as sandbox:
         summary["baselines"] = transfer_baselines(refs, sandbox, protocol=args.protocol, cache_path=cache, progress=False)
@@ -496,23 +497,12 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
     return summary
 
 
-def _machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"
-
-
 def _commit() -> str:
-    """The checkout's commit (``+dirty`` when files differ), or ``unknown`` outside git."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
+    """The checkout's short commit (``+dirty`` when tracked files differ), or ``unknown`` outside git."""
+    info = git_commit(REPO)
+    if not info["commit"]:
         return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -558,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None:
         records = records[: args.limit]
     print(f"real sample: {len(records)} pairs from {args.sample} (GenCAD-Code test split; measurement only)")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, python {platform.python_version()}")
+    print(machine_summary())
     for name in args.part or list(PARTS):
         PARTS[name](records, args)
     return 0

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from cadcoder.corpus_stats import corpus_stats, format_comparison
+from cadcoder.provenance import machine_summary
 from cadcoder.synth import build_synthetic_dataset
 
 
@@ -52,8 +51,7 @@ def main() -> None:
     div = corpus_stats(programs)
 
     print("\n== cadcoder synth speed ==")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} visible CPUs (shared), "
-          f"python {platform.python_version()}")
+    print(machine_summary())
     print(f"settings: num={args.num} workers={args.workers} image_size={args.image_size} "
           f"complexity={args.complexity} seed={args.seed}")
     print(f"wall time {wall:.1f} s (sandbox start-up included) -> {args.num / wall:.2f} samples/s")
