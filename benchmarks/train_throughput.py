@@ -79,15 +79,20 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (image_size, image_size), dtype=np.uint8) for _ in range(args.batch_size)]
-    if not args.no_grouping:  # as train.py's curriculum sampler: batches of similar length, in random order
+    if not args.no_grouping and not args.seq_len:  # as train.py's curriculum sampler: batches of similar length, in random order
         order = sorted(range(len(programs)), key=lambda k: len(processor.tokenizer(programs[k])["input_ids"]))
         batched = [order[b : b + args.batch_size] for b in range(0, len(order), args.batch_size)]
         rng.shuffle(batched)
         programs = [programs[k] for b in batched for k in b]
+    max_length = args.max_length
+    if args.seq_len:  # every example exactly seq_len tokens: programs joined end to end, then cut
+        max_length = args.seq_len
+        joined = "\n".join(programs)
+        programs = [joined[k * 997 % len(joined):] + joined for k in range(len(programs))]
     batches = []
     for i in range(args.warmup + args.steps):
         chunk = [programs[(i * args.batch_size + j) % len(programs)] for j in range(args.batch_size)]
-        batch = processor(images=images, text=chunk, return_tensors="pt", max_length=args.max_length)
+        batch = processor(images=images, text=chunk, return_tensors="pt", max_length=max_length)
         batches.append({k: v.to(device) for k, v in batch.items()})
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                               enabled=dtype == "bf16")
@@ -139,6 +144,9 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--max-length", type=int, default=640, help="tokens per example (longer programs are cut)")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="make every example exactly this many tokens, image tokens included (e.g. the real "
+                             "data's mean or p95 length); default: the synthetic programs' own lengths")
     parser.add_argument("--complexities", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--no-canonical", action="store_true", help="full float reprs instead of canonical numbers")
     parser.add_argument("--activation-checkpointing", action="store_true")

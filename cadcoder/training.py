@@ -564,12 +564,45 @@ class CadCoderTrainer(Trainer):
     # --- evaluation by execution ---------------------------------------------------------------
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):  # noqa: D102
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if description == "Evaluation":
+            reliance = self.image_reliance(dataloader)
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in reliance.items()})
         if self.generation_eval is not None and description == "Evaluation":
             started = time.perf_counter()
             metrics = self.execution_eval()
             output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items() if v is not None})
             output.metrics[f"{metric_key_prefix}_execution_seconds"] = round(time.perf_counter() - started, 2)
         return output
+
+    @torch.no_grad()
+    def image_reliance(self, dataloader: Any) -> dict[str, float]:
+        """How much the model reads the image: validation loss with each image vs with another example's image.
+
+        Every batch is scored twice, once as is and once with its images rolled by one place, so each
+        program is paired with a different part. `loss_matched` and `loss_swapped` are token-weighted means;
+        `image_gain` = swapped - matched. A model that ignores its input (the collapse that writes one
+        template for every picture) has a gain near 0, long before generation and execution can show it.
+        """
+        model = self.model
+        was_training = model.training
+        model.eval()
+        sums = {"matched": 0.0, "swapped": 0.0}
+        tokens = 0
+        for batch in dataloader:
+            batch = self._prepare_inputs(batch)
+            if batch["pixel_values"].shape[0] < 2:
+                continue
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            for key, pixels in (("matched", batch["pixel_values"]), ("swapped", batch["pixel_values"].roll(1, dims=0))):
+                with self.accelerator.autocast():
+                    loss = model(**{**batch, "pixel_values": pixels}).loss
+                sums[key] += float(self.accelerator.gather((loss.detach().float() * n).reshape(1)).sum())
+            tokens += int(self.accelerator.gather(torch.tensor([n], device=batch["labels"].device)).sum())
+        model.train(was_training)
+        if tokens == 0:
+            return {}
+        matched, swapped = sums["matched"] / tokens, sums["swapped"] / tokens
+        return {"loss_matched": matched, "loss_swapped": swapped, "image_gain": swapped - matched}
 
     def generate_programs(self, images: Sequence[Any], max_new_tokens: int, batch_size: int = 16) -> list[str]:
         """Greedy programs for `images`, generated in shards on every process; every process gets all of them.

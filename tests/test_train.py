@@ -301,3 +301,50 @@ def test_generate_programs_runs_several_batches_under_autocast(make_tiny_cadcode
     programs = generate_programs(model, processor, sample_images[:3], max_new_tokens=4, batch_size=1,
                                  autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     assert len(programs) == 3 and all(isinstance(p, str) for p in programs)
+
+
+def _reliance(model, processor, images, programs, tmp_path):
+    from transformers import TrainingArguments
+
+    from cadcoder.data import CadCoderCollator
+    from cadcoder.training import CadCoderTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, use_cpu=True, report_to="none",
+                             remove_unused_columns=False)
+    rows = [{"image": im, "cadquery": code} for im, code in zip(images, programs)]
+    trainer = CadCoderTrainer(model=model, args=args, eval_dataset=rows, data_collator=CadCoderCollator(processor),
+                              processing_class=processor)
+    return trainer, trainer.image_reliance(trainer.get_eval_dataloader())
+
+
+def test_image_reliance_is_zero_for_a_model_blind_to_its_input(make_tiny_cadcoder, sample_images, sample_programs,
+                                                               tmp_path):
+    import torch
+
+    model, processor = make_tiny_cadcoder(image_size=64)
+    with torch.no_grad():  # every image becomes the same visual tokens: the collapse the metric must expose
+        for p in model.multi_modal_projector.parameters():
+            p.zero_()
+    _, blind = _reliance(model, processor, sample_images, sample_programs, tmp_path)
+    assert blind["image_gain"] == pytest.approx(0.0, abs=1e-6)
+
+    model, processor = make_tiny_cadcoder(image_size=64)
+    tokens, width = model.config.num_image_tokens, model.config.text_config.hidden_size
+    mixer = torch.randn(64 * 64, tokens * width, generator=torch.Generator().manual_seed(0))
+
+    def pixels_as_tokens(pixel_values):  # visual tokens that differ as much as the pictures do
+        return (pixel_values.flatten(1) @ mixer).view(-1, tokens, width) / 8.0
+
+    model.get_image_features = pixels_as_tokens
+    programs = [f"import cadquery as cq\nsolid = cq.Workplane('XY').box({w}, 0.5, 0.25)" for w in (0.2, 0.4, 0.6, 0.8)]
+    model.train()  # learn which program goes with which picture
+    batch = processor(images=sample_images, text=programs, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    trainer, seeing = _reliance(model, processor, sample_images, programs, tmp_path)
+    assert seeing["image_gain"] > 1e-3, seeing  # another part's picture makes each program less likely
+    assert seeing["loss_swapped"] - seeing["loss_matched"] == pytest.approx(seeing["image_gain"])
+    assert {"eval_image_gain", "eval_loss_matched", "eval_loss_swapped"} <= set(trainer.evaluate())
