@@ -238,9 +238,12 @@ def main(argv: list[str]) -> dict:
         return ds.select(keep), [lengths[i] for i in keep]
 
     train_ds, lengths = drop_long(train_ds, train_programs, "training")
-    if targs.train_sampling_strategy == "group_by_length" and targs.length_column_name not in train_ds.column_names:
-        train_ds = train_ds.add_column(targs.length_column_name, lengths)  # batches of similar length pad less
-    eval_loss_ds, _ = drop_long(eval_ds, [to_text(c) for c in eval_ds["cadquery"]], "validation")
+    eval_loss_ds, eval_lengths = drop_long(eval_ds, [to_text(c) for c in eval_ds["cadquery"]], "validation")
+    if targs.train_sampling_strategy == "group_by_length":  # batches of similar length pad less (train and eval)
+        if targs.length_column_name not in train_ds.column_names:
+            train_ds = train_ds.add_column(targs.length_column_name, lengths)
+        if targs.length_column_name not in eval_loss_ds.column_names:
+            eval_loss_ds = eval_loss_ds.add_column(targs.length_column_name, eval_lengths)
     max_new_tokens = dargs.generate_max_new_tokens or min(budget, int(max(lengths) * 1.1) + 8)
 
     # ---------------------------------------------------------------------------------- trainer

@@ -84,14 +84,14 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
         batched = [order[b : b + args.batch_size] for b in range(0, len(order), args.batch_size)]
         rng.shuffle(batched)
         programs = [programs[k] for b in batched for k in b]
-    max_length = args.max_length
+    max_length, texts = args.max_length, programs
     if args.seq_len:  # every example exactly seq_len tokens: programs joined end to end, then cut
         max_length = args.seq_len
         joined = "\n".join(programs)
-        programs = [joined[k * 997 % len(joined):] + joined for k in range(len(programs))]
+        texts = [joined[k * 997 % len(joined):] + joined for k in range(len(programs))]
     batches = []
     for i in range(args.warmup + args.steps):
-        chunk = [programs[(i * args.batch_size + j) % len(programs)] for j in range(args.batch_size)]
+        chunk = [texts[(i * args.batch_size + j) % len(texts)] for j in range(args.batch_size)]
         batch = processor(images=images, text=chunk, return_tensors="pt", max_length=max_length)
         batches.append({k: v.to(device) for k, v in batch.items()})
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
