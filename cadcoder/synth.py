@@ -44,6 +44,10 @@ import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin  # noqa: F401  (PNG encoding inside the jailed worker)
 
 # The sandbox's jailed workers cannot import lazily: the render task's modules load here, at import time.
+try:  # imported here, not lazily: the sandboxed render task runs chrooted, where imports fail later
+    from cadcoder import render as _render
+except ImportError:  # no OpenCascade: programs can still be written (generate_program), not built or rendered
+    _render = None
 
 # ---------------------------------------------------------------------------------------------
 # Constants of the GenCAD-Code / DeepCAD format
@@ -901,8 +905,6 @@ def synth_sample_task(shape: Any, size: int = 448, style: dict[str, Any] | None 
     ``ink`` is the fraction of non-background pixels; rendering happens inside the isolated worker.
     """
     t0 = time.perf_counter()
-    from cadcoder import render as _render  # OpenCascade: needed to render, not to write programs
-
     img = _render.render_task(shape, size=size, **(style or {}))
     render_seconds = time.perf_counter() - t0
     bg = np.array((style or {}).get("background_rgb", (255, 255, 255)), dtype=np.int16)
@@ -932,11 +934,9 @@ def sample_seed(seed: int, index: int) -> np.random.Generator:
 def _style_for(render_style: Any, seed: int, index: int) -> dict[str, Any] | None:
     if render_style is None:
         return None
-    from cadcoder.render import RenderStyle
-
     if render_style == "random":
-        return RenderStyle.random(np.random.default_rng([int(seed), int(index), 1])).to_dict()
-    if isinstance(render_style, RenderStyle):
+        return _render.RenderStyle.random(np.random.default_rng([int(seed), int(index), 1])).to_dict()
+    if isinstance(render_style, _render.RenderStyle):
         return render_style.to_dict()
     if isinstance(render_style, dict):
         return dict(render_style)

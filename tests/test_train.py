@@ -31,8 +31,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _train(*args: str, timeout: int = 300, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    cmd = [*launcher, str(REPO / "train.py"), str(SMOKE), *args]
+def _train(*args: str, timeout: int = 300, launcher: tuple[str, ...] = (sys.executable,),
+           config: Path = SMOKE) -> subprocess.CompletedProcess:
+    cmd = [*launcher, str(REPO / "train.py"), str(config), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
@@ -67,6 +68,20 @@ def test_run_generates_data_evaluates_by_execution_and_reports_baselines(smoke_r
     assert "iou_chance" in smoke_run["stdout"] and "constant baseline" in smoke_run["stdout"]
     lines = (out / "test_predictions.jsonl").read_text().splitlines()
     assert len(lines) == results["test_samples"]
+
+
+def test_quickstart_config_runs_end_to_end_with_few_steps(smoke_run, tmp_path):
+    """The README's main command, shrunk: its real recipe (length-grouped batches, image reliance, bf16, best model)."""
+    out = tmp_path / "out"
+    _train("--dataset", str(smoke_run["data"]), "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2",
+           "--save_steps", "2", "--max_eval_samples", "4", "--generate_eval_samples", "2", "--generate_max_new_tokens",
+           "32", "--test_samples", "2", "--constant_candidates", "1", "--logging_steps", "1",
+           "--per_device_train_batch_size", "4", config=REPO / "configs" / "quickstart.json", timeout=600)
+    evals = [e for e in _log(out) if "eval_loss" in e]
+    assert evals and {"eval_image_gain", "eval_iou_mean_all", "eval_valid_syntax_rate"} <= set(evals[-1])
+    results = json.loads((out / "test_results.json").read_text())
+    assert {"test_iou_mean_all", "test_iou_chance", "test_constant_iou_mean_all", "learns_geometry"} <= set(results)
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
 
 
 def test_model_card_has_hub_metadata_results_and_config(smoke_run):
