@@ -46,11 +46,11 @@ from cadcoder.training import (
     CadCoderTrainer,
     GenerationEvalConfig,
     StagedFreezingCallback,
+    best_constant_program,
     build_synthetic_mix,
     check_dataset_columns,
     check_max_length,
     config_snapshot,
-    constant_program_baseline,
     execution_metrics,
     extend_text_positions,
     parse_config,
@@ -312,7 +312,7 @@ def main(argv: list[str]) -> dict:
         with Sandbox(num_workers=dargs.eval_num_workers, timeout=dargs.eval_timeout) as sandbox:  # one start for both
             ev = dict(protocol=dargs.eval_protocol, progress=False, sandbox=sandbox)
             scores = execution_metrics(preds, refs, with_chance=True, **ev)
-            constant = constant_program_baseline([DEFAULT_CONSTANT_PROGRAM, *pool["cadquery"]], select_refs, refs, **ev)
+            constant = best_constant_program([DEFAULT_CONSTANT_PROGRAM, *pool["cadquery"]], select_refs, refs, **ev)
         results.update({f"test_{k}": v for k, v in scores.items()})
         results.update({"test_samples": len(refs), "test_constant_iou_mean_all": constant["iou_mean_all"],
                         "test_generate_seconds": round(gen_s, 1), "protocol": dargs.eval_protocol})

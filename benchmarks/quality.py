@@ -36,7 +36,7 @@ training loss against step) is drawn to PNG.
 Usage::
 
     python benchmarks/quality.py --preset smoke          # tests: a few minutes, numbers meaningless
-    python benchmarks/quality.py --preset full           # ~45 min on 2 CPU cores, the README table
+    python benchmarks/quality.py --preset full           # ~10 min a variant on 2 quiet CPU cores, the README table
     python benchmarks/quality.py --preset full --variants seed_baseline,ours
     python benchmarks/quality.py --preset gpu            # real sizes (448 px, codegen-350M shape); a GPU
     python benchmarks/quality.py --preset full --set max_steps=600 --set n_layer=6   # any train.py option
@@ -169,9 +169,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bench_select_references": 2,
         "bench_workers": 1,
     },
-    # The README table: 2 shared CPU cores, under an hour for all six variants (data cached). Sized down to what a
-    # 2-core machine shared with other jobs finishes in an evening; scale with --set (e.g. max_steps=600) when you can.
-    # Same data, model shape and schedule as configs/quickstart.json, shorter (the CPU budget).
+    # The README table. Same data, model shape and recipe as configs/quickstart.json (the recipe the H100 sweep in
+    # benchmarks/quickstart_sweep.py chose: lr 1e-3 with warm-up, random batches, no curriculum), with a shorter
+    # max_length and 600 steps instead of 1000 so that the variants fit a 2-core session: about 10 min per variant
+    # on a quiet machine. The sweep shows image reliance still growing at 600 steps: scale with --set max_steps=N.
     "full": {
         **_COMMON,
         "dataset": "data/synth-quickstart",
@@ -188,17 +189,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         # bound generation: on 2 cores a step costs ~linearly in the padded length.
         "max_length": 384,
         "number_decimals": 3,
-        "train_sampling_strategy": "group_by_length",
-        "length_column_name": "token_count",
-        "max_steps": 80,
+        "max_steps": 600,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 32,
         "learning_rate": 1e-3,
         "lr_scheduler_type": "cosine",
-        "warmup_steps": 8,
+        "warmup_steps": 60,
         "bf16": True,
-        "logging_steps": 10,
-        "eval_steps": 40,
+        "logging_steps": 20,
+        "eval_steps": 200,
         "max_eval_samples": 32,
         "generate_eval_samples": 8,
         "generate_batch_size": 16,
@@ -336,7 +335,7 @@ def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbo
     everything is scored on the first ``bench_mecagent_samples`` test parts (its voxelisation is the slow part).
     """
     from cadcoder.evaluation import DEFAULT_CONSTANT_PROGRAM, evaluate_programs
-    from cadcoder.training import constant_program_baseline
+    from cadcoder.training import best_constant_program
 
     train = data["train"]
     pool = train.shuffle(seed=settings["seed"]).select(range(min(settings["bench_constant_candidates"], len(train))))
@@ -348,7 +347,7 @@ def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbo
     t0 = time.perf_counter()
     ev = dict(timeout=settings["eval_timeout"], progress=False, sandbox=sandbox)
     chance = evaluate_programs(refs, refs, protocol="aligned", with_chance=True, **ev)
-    constant = constant_program_baseline(candidates, select, refs, protocol="aligned", **ev)
+    constant = best_constant_program(candidates, select, refs, protocol="aligned", **ev)
     out["aligned"] = {
         "iou_chance": chance.get("iou_chance"),
         "reference_self_iou": chance.get("iou_mean"),
@@ -399,11 +398,13 @@ def _train_main(argv: list[str]) -> dict[str, Any]:
 def learning_curve(log_history: list[dict[str, Any]]) -> dict[str, list]:
     """Validation execution metrics and training loss against step, from a Trainer log history."""
     curve: dict[str, list] = {"eval_step": [], "eval_iou_mean_all": [], "eval_valid_syntax_rate": [],
-                              "eval_distinct_predictions": [], "eval_loss": [], "train_step": [], "train_loss": []}
+                              "eval_distinct_predictions": [], "eval_loss": [], "eval_image_gain": [], "train_step": [],
+                              "train_loss": []}
     for entry in log_history:
         if "eval_loss" in entry:
             curve["eval_step"].append(entry.get("step"))
-            for key in ("eval_iou_mean_all", "eval_valid_syntax_rate", "eval_distinct_predictions", "eval_loss"):
+            for key in ("eval_iou_mean_all", "eval_valid_syntax_rate", "eval_distinct_predictions", "eval_loss",
+                        "eval_image_gain"):
                 curve[key].append(entry.get(key))
         elif "loss" in entry:
             curve["train_step"].append(entry.get("step"))
@@ -540,6 +541,7 @@ def run_variant(variant: Variant, settings: dict[str, Any], out_dir: Path, data:
         "mecagent": {**{k: meca.get(k) for k in ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all")},
                      "samples": min(len(test["references"]), settings.get("bench_mecagent_samples", len(test["references"])))},
         "distinct_predictions": aligned.get("distinct_predictions"),
+        "image_gain": next((e["eval_image_gain"] for e in reversed(log_history) if "eval_image_gain" in e), None),
         "failures": failures,
         "test_samples": len(test["references"]),
         "train_loss": train_results.get("train_loss"),
@@ -588,12 +590,12 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
         f"Commit {(meta['git']['commit'] or 'unknown')[:12]}{' (+ uncommitted changes)' if meta['git']['dirty'] else ''}.",
         "",
         "| model | visual tokens | decoder | encoder | numbers | VSR | iou_mean | iou_mean_all | chamfer_median "
-        f"| mecagent iou_mean_all ({me.get('samples', n)} parts) | distinct | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| chance (reference vs another reference) | | | | | | | {_f(al['iou_chance'])} | | {_f(me['iou_chance'])} | | |",
+        f"| mecagent iou_mean_all ({me.get('samples', n)} parts) | distinct | image gain | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| chance (reference vs another reference) | | | | | | | {_f(al['iou_chance'])} | | {_f(me['iou_chance'])} | | | |",
         f"| constant program (best of {baselines['constant_candidates']}, chosen on validation) | | | | | "
         f"{_f(al['constant_valid_syntax_rate'], 2)} | | {_f(al['constant_iou_mean_all'])} | | "
-        f"{_f(me['constant_iou_mean_all'])} | {_f(1 / n if n else None, 2)} | |",
+        f"{_f(me['constant_iou_mean_all'])} | {_f(1 / n if n else None, 2)} | 0 | |",
     ]
     for r in records:
         d = Variant(**r["switches"]).describe()
@@ -602,7 +604,7 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
             f"| {r['variant']} | {d['visual tokens']} | {d['decoder']} | {d['encoder']} | {d['numbers']} | "
             f"{_f(a['valid_syntax_rate'], 2)} | {_f(a['iou_mean'])} | **{_f(a['iou_mean_all'])}** | "
             f"{_f(a['chamfer_median'], 4)} | {_f(m['iou_mean_all'])} | {_f(r['distinct_predictions'], 2)} | "
-            f"{_f(r['timing']['optimisation_s'], 0)} |"
+            f"{_f(r.get('image_gain'), 4)} | {_f(r['timing']['optimisation_s'], 0)} |"
         )
     lines += [
         "",
@@ -610,7 +612,8 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
         "test parts, failures count 0 (the number to compare). chamfer_median: over valid predictions, after the "
         "same alignment. mecagent: the challenge's surface-voxel IoU (its protocol scores a part against itself at "
         f"{_f(me.get('reference_self_iou'))} here, not 1.0), on the first {me.get('samples', n)} test parts. "
-        "distinct: share of distinct programs. train s: wall seconds of the optimizer steps (in-training "
+        "distinct: share of distinct programs. image gain: validation loss with another part's image minus "
+        "the loss with the right one, at the last evaluation (near 0: the model ignores its input). train s: wall seconds of the optimizer steps (in-training "
         "evaluations excluded).",
         "",
     ]
@@ -635,7 +638,7 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
 
 
 def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any], path: Path) -> None:
-    """Validation iou_mean_all, validation loss and training loss against step, one line per variant (PNG).
+    """Validation iou_mean_all, validation loss, image gain and training loss against step, one line per variant (PNG).
 
     Losses are per token of each variant's own tokenizer, so they compare directly only between variants with
     the same number format (raw or canonical); the IoU panel compares every variant.
@@ -645,7 +648,7 @@ def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_iou, ax_vloss, ax_loss) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (ax_iou, ax_vloss, ax_gain, ax_loss) = plt.subplots(1, 4, figsize=(21, 4.5))
     for r in records:
         c = r["curve"]
         style = dict(lw=2.5) if r["variant"] == "ours" else dict(lw=1.4)
@@ -657,6 +660,9 @@ def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any
         pts = [(s, v) for s, v in zip(c["eval_step"], c.get("eval_loss", [])) if v is not None]
         if pts:
             ax_vloss.plot(*zip(*pts), marker="o", label=r["variant"], **style)
+        pts = [(s, v) for s, v in zip(c["eval_step"], c.get("eval_image_gain", [])) if v is not None]
+        if pts:
+            ax_gain.plot(*zip(*pts), marker="o", label=r["variant"], **style)
         if c["train_step"]:
             ax_loss.plot(c["train_step"], c["train_loss"], label=r["variant"], **style)
     al = baselines["aligned"]
@@ -666,8 +672,11 @@ def plot_learning_curves(records: list[dict[str, Any]], baselines: dict[str, Any
     ax_iou.set(xlabel="optimizer step", ylabel="validation iou_mean_all (aligned)", title="Validation IoU (failures = 0)")
     ax_iou.set_ylim(bottom=0)
     ax_vloss.set(xlabel="optimizer step", ylabel="validation loss per token", title="Validation loss (dashed: canonical numbers)")
+    ax_gain.set(xlabel="optimizer step", ylabel="loss(other image) - loss(its image)",
+                title="Image gain (0: the model ignores the image)")
+    ax_gain.axhline(0.0, color="grey", lw=0.8)
     ax_loss.set(xlabel="optimizer step", ylabel="training loss per token", title="Training loss (dashed: canonical numbers)")
-    for ax in (ax_iou, ax_vloss, ax_loss):
+    for ax in (ax_iou, ax_vloss, ax_gain, ax_loss):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()

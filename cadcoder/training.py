@@ -8,7 +8,7 @@
   the projector and the language model), `parse_stages` + `StagedFreezingCallback` (e.g. a
   projector-only warm-up, then everything);
 * **curriculum**: `CurriculumSampler` (simple programs first, the full distribution later);
-* **evaluation by execution**: `generate_programs`, `execution_metrics`, `constant_program_baseline`
+* **evaluation by execution**: `generate_programs`, `execution_metrics`, `best_constant_program`
   and `CadCoderTrainer`, a `Trainer` whose evaluation also generates programs for a fixed validation
   subset, runs them in the sandbox and logs VSR / IoU beside the loss;
 * **output**: `write_model_card` (README.md with Hub metadata, measured results and the training config).
@@ -462,7 +462,7 @@ def execution_metrics(
     return metrics
 
 
-def constant_program_baseline(
+def best_constant_program(
     candidates: Sequence[str],
     select_references: Sequence[str],
     test_references: Sequence[str],
@@ -479,7 +479,7 @@ def constant_program_baseline(
 
     candidates = list(candidates)
     if not candidates:
-        raise ValueError("constant_program_baseline needs at least one candidate program")
+        raise ValueError("best_constant_program needs at least one candidate program")
     sel, tst = list(select_references), list(test_references)
     block = len(sel) + len(tst)
     preds = [c for c in candidates for _ in range(block)]
