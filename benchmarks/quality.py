@@ -613,8 +613,8 @@ def markdown_tables(records: list[dict[str, Any]], baselines: dict[str, Any], me
         "same alignment. mecagent: the challenge's surface-voxel IoU (its protocol scores a part against itself at "
         f"{_f(me.get('reference_self_iou'))} here, not 1.0), on the first {me.get('samples', n)} test parts. "
         "distinct: share of distinct programs. image gain: validation loss with another part's image minus "
-        "the loss with the right one, at the last evaluation (near 0: the model ignores its input). train s: wall seconds of the optimizer steps (in-training "
-        "evaluations excluded).",
+        "the loss with the right one, at the last evaluation (near 0: the model ignores its input). "
+        "train s: wall seconds of the optimizer steps (in-training evaluations excluded).",
         "",
     ]
     reasons = sorted({k for r in records for k, v in r["failures"].items() if v})

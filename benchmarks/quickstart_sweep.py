@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -107,24 +106,30 @@ def run_variants(names: list[str], out_dir: Path, parallel: int, workers: int) -
         time.sleep(2)
 
 
-def generate(name: str, out_dir: Path, test_samples: int) -> dict[str, Any]:
-    """Log history of a trained variant plus its greedy programs for the first test images."""
+def load_test(test_samples: int) -> tuple[list[Any], list[str]]:
+    """The first `test_samples` test images (decoded) and reference programs of the quickstart's dataset."""
+    from cadcoder.data import decode_image, load_cad_dataset
+
+    config = json.loads((REPO / CONFIG).read_text())
+    test = load_cad_dataset(config["dataset"])["test"].select(range(test_samples))
+    return [decode_image(v) for v in test["image"]], list(test["cadquery"])
+
+
+def generate(name: str, out_dir: Path, images: list[Any], references: list[str]) -> dict[str, Any]:
+    """Log history of a trained variant plus its greedy programs for the test images."""
     import torch
     from transformers import AutoModel, AutoProcessor
 
-    from cadcoder.data import decode_image, load_cad_dataset
     from cadcoder.training import generate_programs
 
     folder = out_dir / name
     state = json.loads((folder / "trainer_state.json").read_text())
-    config = json.loads((REPO / CONFIG).read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).to(device).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    test = load_cad_dataset(config["dataset"])["test"].select(range(test_samples))
     started = time.perf_counter()
-    predictions = generate_programs(model, processor, [decode_image(v) for v in test["image"]], max_new_tokens=600,
-                                    batch_size=50, autocast=lambda: torch.autocast(device, dtype=torch.bfloat16))
+    predictions = generate_programs(model, processor, images, max_new_tokens=600, batch_size=50,
+                                    autocast=lambda: torch.autocast(device, dtype=torch.bfloat16))
     return {
         "name": name,
         "max_steps": VARIANTS[name][0],
@@ -132,16 +137,16 @@ def generate(name: str, out_dir: Path, test_samples: int) -> dict[str, Any]:
         "history": [h for h in state["log_history"] if "eval_image_gain" in h],
         "generate_seconds": round(time.perf_counter() - started, 1),
         "predictions": predictions,
-        "references": list(test["cadquery"]),
+        "references": list(references),
         "distinct": len(set(predictions)) / len(predictions),
     }
 
 
-def score(record: dict[str, Any]) -> dict[str, Any]:
-    """VSR and iou_mean_all of a record's predictions, by execution in the sandbox."""
+def score(record: dict[str, Any], sandbox: Any) -> dict[str, Any]:
+    """VSR and iou_mean_all of a record's predictions, by execution in `sandbox`."""
     from cadcoder.evaluation import evaluate_programs
 
-    report = evaluate_programs(record["predictions"], record["references"], progress=False)
+    report = evaluate_programs(record["predictions"], record["references"], progress=False, sandbox=sandbox)
     return {k: report.get(k) for k in ("valid_syntax_rate", "iou_mean_all", "iou_median", "distinct_predictions")}
 
 
@@ -178,17 +183,21 @@ def main() -> None:
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
         run_variants(names, out, args.parallel, args.workers)
+        images, references = load_test(args.test_samples)
         records = []
         for name in names:
-            record = generate(name, out, args.test_samples)
+            record = generate(name, out, images, references)
             (out / f"{name}.json").write_text(json.dumps(record))
             records.append(record)
     if can_score:
-        for record, path in zip(records, [out / f"{r['name']}.json" for r in records]):
-            if "scores" not in record:
-                record["scores"] = score(record)
-                path.write_text(json.dumps(record))  # scored pairs survive an interruption
-            print(f"[sweep] {record['name']}: {record['scores']}", flush=True)
+        from cadcoder.sandbox import Sandbox
+
+        with Sandbox() as sandbox:  # one start for every variant
+            for record in records:
+                if "scores" not in record:
+                    record["scores"] = score(record, sandbox)
+                    (out / f"{record['name']}.json").write_text(json.dumps(record))  # survives an interruption
+                print(f"[sweep] {record['name']}: {record['scores']}", flush=True)
     else:
         print("[sweep] CadQuery is not installed: predictions saved; score them with --score-only on a machine "
               "that has it", flush=True)

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin  # noqa: F401  (PNG encoding inside the jailed worker)
 
 # The sandbox's jailed workers cannot import lazily: the render task's modules load here, at import time.
-try:  # imported here, not lazily: the sandboxed render task runs chrooted, where imports fail later
+try:
     from cadcoder import render as _render
 except ImportError:  # no OpenCascade: programs can still be written (generate_program), not built or rendered
     _render = None

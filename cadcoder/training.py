@@ -564,10 +564,11 @@ class CadCoderTrainer(Trainer):
     # --- evaluation by execution ---------------------------------------------------------------
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):  # noqa: D102
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if description == "Evaluation":
-            reliance = self.image_reliance(dataloader)
-            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in reliance.items()})
-        if self.generation_eval is not None and description == "Evaluation":
+        if description != "Evaluation":
+            return output
+        reliance = self.image_reliance(dataloader)
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in reliance.items()})
+        if self.generation_eval is not None:
             started = time.perf_counter()
             metrics = self.execution_eval()
             output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items() if v is not None})

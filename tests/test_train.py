@@ -71,7 +71,7 @@ def test_run_generates_data_evaluates_by_execution_and_reports_baselines(smoke_r
 
 
 def test_quickstart_config_runs_end_to_end_with_few_steps(smoke_run, tmp_path):
-    """The README's main command, shrunk: its real recipe (length-grouped batches, image reliance, bf16, best model)."""
+    """The README's main command, shrunk: its real recipe (bf16, image reliance, execution eval, best model)."""
     out = tmp_path / "out"
     _train("--dataset", str(smoke_run["data"]), "--output_dir", str(out), "--max_steps", "2", "--eval_steps", "2",
            "--save_steps", "2", "--max_eval_samples", "4", "--generate_eval_samples", "2", "--generate_max_new_tokens",
