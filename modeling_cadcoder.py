@@ -267,7 +267,8 @@ class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin)
             inputs_embeds: alternative to ``input_ids``.
             labels: ``(batch, seq)`` targets, ``-100`` where no loss is wanted (image, prompt, padding). They are
                 shifted inside the loss, so ``labels`` are aligned with ``input_ids``.
-            use_cache: return a cache for incremental decoding.
+            use_cache: return a cache for incremental decoding; default off when ``labels`` are given (a loss
+                needs no cache, and transformers reads packed ``position_ids`` only when there is none).
             logits_to_keep: compute logits only for the last N positions (0 = all).
 
         Returns:
@@ -276,6 +277,8 @@ class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         loss_kwargs = {k: kwargs.pop(k) for k in _LOSS_KWARGS if k in kwargs}
+        if labels is not None and use_cache is None:
+            use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
 

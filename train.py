@@ -106,6 +106,7 @@ class DataArguments:
     eval_split: str = "validation"
     test_split: str = "test"
     max_length: int = field(default=1024, metadata={"help": "tokens per example, image tokens included; longer programs are dropped, never truncated"})
+    packing: bool = field(default=False, metadata={"help": "pack several examples into each row of max_length tokens: the same loss without padding compute (cadcoder/packing.py)"})
     canonical_numbers: bool = field(default=False, metadata={"help": "rewrite numbers in a short canonical form (fewer tokens)"})
     number_decimals: int = field(default=4, metadata={"help": "decimals kept by --canonical_numbers"})
     max_train_samples: int | None = None
@@ -248,7 +249,7 @@ def main(argv: list[str]) -> dict:
 
     # ---------------------------------------------------------------------------------- trainer
     collator = CadCoderCollator(processor, max_length=dargs.max_length, canonical_numbers=dargs.canonical_numbers,
-                                decimals=dargs.number_decimals)
+                                decimals=dargs.number_decimals, packing=dargs.packing)
     base_lr = targs.learning_rate
     part_lrs = {
         "vision": margs.vision_learning_rate or base_lr,

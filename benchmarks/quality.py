@@ -148,6 +148,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_head": 2,
         "tokenizer_vocab_size": 300,
         "max_length": 512,
+        "packing": True,
         "max_steps": 3,
         "per_device_train_batch_size": 2,
         "per_device_eval_batch_size": 2,
@@ -170,9 +171,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bench_workers": 1,
     },
     # The README table. Same data, model shape and recipe as configs/quickstart.json (the recipe the H100 sweep in
-    # benchmarks/quickstart_sweep.py chose: lr 1e-3 with warm-up, random batches, no curriculum), with a shorter
-    # max_length and 600 steps instead of 1000 so that the variants fit a 2-core session: about 10 min per variant
-    # on a quiet machine. The sweep shows image reliance still growing at 600 steps: scale with --set max_steps=N.
+    # benchmarks/quickstart_sweep.py chose: lr 1e-3 with warm-up, random batches packed into rows, no curriculum),
+    # with a shorter max_length and 700 steps instead of 1500 so that the six variants fit a 2-core session:
+    # about 8-10 min per variant on a quiet machine. Image reliance still grows at 700 steps: scale with
+    # --set max_steps=N.
     "full": {
         **_COMMON,
         "dataset": "data/synth-quickstart",
@@ -186,18 +188,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_head": 4,
         "tokenizer_vocab_size": 1024,
         # 384 tokens keep ~80 % of the programs (longer ones are dropped from training, never truncated) and
-        # bound generation: on 2 cores a step costs ~linearly in the padded length.
+        # bound generation, which a model that has not learned to stop runs to the end.
         "max_length": 384,
+        "packing": True,
         "number_decimals": 3,
-        "max_steps": 600,
+        "max_steps": 700,
         "per_device_train_batch_size": 16,
         "per_device_eval_batch_size": 32,
         "learning_rate": 1e-3,
         "lr_scheduler_type": "cosine",
-        "warmup_steps": 60,
+        "warmup_steps": 70,
         "bf16": True,
-        "logging_steps": 20,
-        "eval_steps": 200,
+        "logging_steps": 25,
+        "eval_steps": 175,
         "max_eval_samples": 32,
         "generate_eval_samples": 8,
         "generate_batch_size": 16,

@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                         # quickstart model, 2 threads, bf16 vs fp32
     python benchmarks/train_throughput.py --image-sizes 128 224   # the image-size lever
+    python benchmarks/train_throughput.py --dtypes bf16 --no-grouping / --packing   # random batches, padded / packed
     python benchmarks/train_throughput.py --full --batch-size 8   # ResNet18 + codegen-350M shape at 448 px (GPU)
 
 Each configuration runs `--warmup` optimizer steps, then times `--steps` steps of forward + backward +
@@ -23,6 +24,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from cadcoder.packing import pack_batch  # noqa: E402
 
 
 def _programs(n: int, seed: int, complexities: list[int], canonical: bool) -> list[str]:
@@ -79,7 +83,7 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (image_size, image_size), dtype=np.uint8) for _ in range(args.batch_size)]
-    if not args.no_grouping and not args.seq_len:  # as train.py's curriculum sampler: batches of similar length, in random order
+    if not (args.no_grouping or args.packing or args.seq_len):  # as train.py's curriculum sampler: batches of similar length, in random order
         order = sorted(range(len(programs)), key=lambda k: len(processor.tokenizer(programs[k])["input_ids"]))
         batched = [order[b : b + args.batch_size] for b in range(0, len(order), args.batch_size)]
         rng.shuffle(batched)
@@ -89,10 +93,14 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
         max_length = args.seq_len
         joined = "\n".join(programs)
         texts = [joined[k * 997 % len(joined):] + joined for k in range(len(programs))]
-    batches = []
+    batches, batch_tokens = [], []
     for i in range(args.warmup + args.steps):
         chunk = [texts[(i * args.batch_size + j) % len(texts)] for j in range(args.batch_size)]
         batch = processor(images=images, text=chunk, return_tensors="pt", max_length=max_length)
+        batch_tokens.append(int(batch["attention_mask"].sum()))
+        if args.packing:  # as CadCoderCollator(packing=True): random batches, packed into rows of max_length
+            batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
+            batch = pack_batch(batch, max_length, processor.tokenizer.pad_token_id)
         batches.append({k: v.to(device) for k, v in batch.items()})
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                               enabled=dtype == "bf16")
@@ -110,7 +118,7 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= args.warmup:
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch_tokens[i]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -121,6 +129,7 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
         "image_tokens": model.config.num_image_tokens,
         "dtype": dtype,
         "batch": args.batch_size,
+        "batching": "packed" if args.packing else "random" if args.no_grouping or args.seq_len else "length-grouped",
         "mean_seq_len": round(tokens / (args.steps * args.batch_size), 1),
         "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
         "tokens_per_s": round(tokens / seconds, 1),
@@ -151,6 +160,7 @@ def main() -> None:
     parser.add_argument("--no-canonical", action="store_true", help="full float reprs instead of canonical numbers")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--no-grouping", action="store_true", help="random batches instead of length-grouped ones")
+    parser.add_argument("--packing", action="store_true", help="random batches packed into rows of --max-length")
     parser.add_argument("--full", action="store_true", help="ResNet18 + codegen-350M architecture (random weights)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -166,7 +176,7 @@ def main() -> None:
           f"{args.complexities}, {'full floats' if args.no_canonical else 'canonical numbers'}; "
           f"steps {args.steps} after {args.warmup} warm-up; AdamW; "
           f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}; "
-          f"{'random' if args.no_grouping else 'length-grouped'} batches", flush=True)
+          f"{'packed random' if args.packing else 'random' if args.no_grouping else 'length-grouped'} batches", flush=True)
     results = []
     for size in args.image_sizes:
         for dtype in args.dtypes:

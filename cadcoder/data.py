@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from cadcoder.packing import pack_batch
+
 DEFAULT_HUB_DATASET = "CADCODER/GenCAD-Code"
 GENCAD_PROMPT = (
     "Generate the CADQuery code needed to create the CAD for the provided image. Just the code, no other words."
@@ -321,13 +323,16 @@ class CadCoderCollator:
         on_too_long: ``"error"`` (default: a truncated program is invalid code and would teach the model
             to stop mid-statement), ``"drop"`` (skip such rows with a warning) or ``"truncate"`` (keep the
             first ``max_length`` tokens, with a warning).
+        packing: put several examples per row of ``max_length`` tokens (:mod:`cadcoder.packing`): same loss,
+            none of the padding compute. The batch then has ``position_ids`` and no ``attention_mask``.
 
     Use as ``Trainer(data_collator=CadCoderCollator(processor, max_length=2048), ...)`` with
     ``remove_unused_columns=False``.
     """
 
     def __init__(self, processor: Any, max_length: int | None = None, canonical_numbers: bool = False,
-                 decimals: int = 4, significant: int | None = None, on_too_long: str = "error") -> None:
+                 decimals: int = 4, significant: int | None = None, on_too_long: str = "error",
+                 packing: bool = False) -> None:
         if on_too_long not in ("error", "drop", "truncate"):
             raise ValueError(f"on_too_long must be 'error', 'drop' or 'truncate', got {on_too_long!r}")
         if max_length is not None and max_length < 2:
@@ -338,6 +343,7 @@ class CadCoderCollator:
         self.decimals = decimals
         self.significant = significant
         self.on_too_long = on_too_long
+        self.packing = packing
 
     def _program(self, row: dict[str, Any]) -> str:
         code = row["cadquery"]
@@ -375,4 +381,8 @@ class CadCoderCollator:
                                        return_tensors="pt")
         if "labels" in batch:
             batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
+            if self.packing:
+                tokenizer = self.processor.tokenizer
+                pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+                return pack_batch(batch, self.max_length, pad_id)
         return batch
