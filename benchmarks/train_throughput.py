@@ -25,8 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-from cadcoder.packing import pack_batch  # noqa: E402
+from cadcoder.data import CadCoderCollator  # noqa: E402
 
 
 def _programs(n: int, seed: int, complexities: list[int], canonical: bool) -> list[str]:
@@ -93,14 +92,13 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
         max_length = args.seq_len
         joined = "\n".join(programs)
         texts = [joined[k * 997 % len(joined):] + joined for k in range(len(programs))]
+    collator = CadCoderCollator(processor, max_length=max_length, packing=args.packing)  # the training batches' last step
     batches, batch_tokens = [], []
     for i in range(args.warmup + args.steps):
         chunk = [texts[(i * args.batch_size + j) % len(texts)] for j in range(args.batch_size)]
         batch = processor(images=images, text=chunk, return_tensors="pt", max_length=max_length)
         batch_tokens.append(int(batch["attention_mask"].sum()))
-        if args.packing:  # as CadCoderCollator(packing=True): random batches, packed into rows of max_length
-            batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
-            batch = pack_batch(batch, max_length, processor.tokenizer.pad_token_id)
+        batch = collator.finalize(batch)
         batches.append({k: v.to(device) for k, v in batch.items()})
     autocast = torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
                               enabled=dtype == "bf16")

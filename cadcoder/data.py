@@ -379,10 +379,15 @@ class CadCoderCollator:
                     raise ValueError(f"every program in the batch exceeds max_length={self.max_length}: {names}")
                 batch = self.processor(images=[images[i] for i in keep], text=[texts[i] for i in keep],
                                        return_tensors="pt")
-        if "labels" in batch:
-            batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
-            if self.packing:
-                tokenizer = self.processor.tokenizer
-                pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-                return pack_batch(batch, self.max_length, pad_id)
-        return batch
+        return self.finalize(batch)
+
+    def finalize(self, batch: Any) -> Any:
+        """Mask padding labels of a processor training batch and, with ``packing``, pack it into rows."""
+        if "labels" not in batch:
+            return batch
+        batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
+        if not self.packing:
+            return batch
+        tokenizer = self.processor.tokenizer
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return pack_batch(batch, self.max_length, pad_id)
