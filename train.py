@@ -102,6 +102,7 @@ class DataArguments:
     synth_image_size: int = field(default=448, metadata={"help": "rendered image size of the synthetic set"})
     synth_workers: int = field(default=2, metadata={"help": "processes that build the synthetic set"})
     synth_complexity: list[int] = field(default_factory=lambda: [3], metadata={"help": "synthetic generator levels, spread evenly: 0 simple profiles, 1 any single extrude, 2 up to 3 bodies, 3 GenCAD-Code-like"})
+    synth_render_style: str | None = field(default=None, metadata={"help": "'random': domain-randomised renders (grey level, line width, camera jitter); default: the dataset look"})
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
@@ -159,7 +160,8 @@ def main(argv: list[str]) -> dict:
                 print(f"[train] generating {dargs.synth_num} synthetic pairs (complexity {dargs.synth_complexity}) "
                       f"into {dargs.dataset}; cached for later runs", flush=True)
                 build_synthetic_mix(dargs.synth_num, dargs.dataset, dargs.synth_complexity, seed=dargs.synth_seed,
-                                    workers=dargs.synth_workers, image_size=dargs.synth_image_size)
+                                    workers=dargs.synth_workers, image_size=dargs.synth_image_size,
+                                    render_style=dargs.synth_render_style)
     data = load_cad_dataset(dargs.dataset)
     for split in (dargs.train_split, dargs.eval_split):
         if split not in data:

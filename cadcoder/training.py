@@ -110,16 +110,16 @@ def build_synthetic_mix(
     out_dir: str | os.PathLike,
     complexities: Sequence[int] = (3,),
     seed: int = 0,
-    workers: int = 2,
-    image_size: int = 448,
-    progress: bool = True,
+    **build_kwargs: Any,
 ) -> Path:
     """Build a synthetic set whose samples spread evenly over generator complexity levels; return its folder.
 
     One complexity gives `cadcoder.synth.build_synthetic_dataset` straight into `out_dir`. Several are built
     side by side in `out_dir.parts/complexity-<c>` (each resumable, seed `seed + 1000 * c`), then their
     splits are concatenated and saved to `out_dir` (`save_to_disk`), so the result loads like any dataset.
-    A curriculum can then order the mix by program length, simple families first.
+    A curriculum can then order the mix by program length, simple families first. `build_kwargs` (``workers``,
+    ``image_size``, ``render_style``, ...) go to every level's `build_synthetic_dataset`; with
+    ``render_style="random"`` the same programs get domain-randomised renders.
     """
     import datasets
 
@@ -130,15 +130,14 @@ def build_synthetic_mix(
     if not levels:
         raise ValueError("complexities must name at least one generator level, e.g. [0, 1, 2, 3]")
     if len(levels) == 1:
-        build_synthetic_dataset(num, out, workers=workers, seed=seed, image_size=image_size,
-                                complexity=levels[0], progress=progress)
+        build_synthetic_dataset(num, out, seed=seed, complexity=levels[0], **build_kwargs)
         return out
     parts = []
     for i, level in enumerate(levels):
         share = num // len(levels) + (1 if i < num % len(levels) else 0)
         part_dir = out.with_name(out.name + ".parts") / f"complexity-{level}"
-        parts.append(build_synthetic_dataset(share, part_dir, workers=workers, seed=seed + 1000 * level,
-                                             image_size=image_size, complexity=level, progress=progress))
+        parts.append(build_synthetic_dataset(share, part_dir, seed=seed + 1000 * level, complexity=level,
+                                             **build_kwargs))
     mixed = datasets.DatasetDict({
         split: datasets.concatenate_datasets([p[split] for p in parts]).shuffle(seed=seed) for split in parts[0]
     })

@@ -178,3 +178,20 @@ def test_same_seed_identical_and_resume_after_interrupt(tmp_path, box):
     assert starts == sorted(set(starts)) and starts[0] == 0  # no chunk done twice
     with pytest.raises(ValueError, match="other settings"):
         build_synthetic_dataset(10, part, **{**kw, "seed": 12})
+
+
+def test_domain_randomised_mix_renders_the_same_programs_differently(tmp_path):
+    """`train.py --synth_render_style random`: same programs as the plain mix, other looks, and no resuming across."""
+    import datasets
+
+    from cadcoder.training import build_synthetic_mix
+
+    kw = dict(complexities=[0, 1], seed=5, workers=1, image_size=48, progress=False, chunk_size=4)
+    plain = datasets.load_from_disk(str(build_synthetic_mix(6, tmp_path / "plain", **kw)))
+    randomised = datasets.load_from_disk(str(build_synthetic_mix(6, tmp_path / "random", render_style="random", **kw)))
+    for split in plain:
+        assert plain[split]["cadquery"] == randomised[split]["cadquery"]
+    pngs = [(a["image"].tobytes(), b["image"].tobytes()) for s in plain for a, b in zip(plain[s], randomised[s])]
+    assert sum(a != b for a, b in pngs) >= len(pngs) - 1
+    with pytest.raises(ValueError, match="other settings"):
+        build_synthetic_mix(8, tmp_path / "random", render_style=None, **kw)
