@@ -79,16 +79,18 @@ GRIDS = {
 }
 
 
-def train_command(name: str, out_dir: Path, workers: int) -> list[str]:
-    """The train.py command line of one variant."""
-    steps, every, overrides = VARIANTS[name]
+def train_command(name: str, out_dir: Path, workers: int,
+                  variants: dict[str, tuple[int, int, list[str]]] = VARIANTS) -> list[str]:
+    """The train.py command line of one variant of `variants` (name -> (max_steps, eval_every, overrides))."""
+    steps, every, overrides = variants[name]
     return [sys.executable, "train.py", CONFIG, "--output_dir", str(out_dir / name), "--max_steps", str(steps),
             "--eval_steps", str(every), "--logging_steps", str(every), "--save_strategy", "no",
             "--load_best_model_at_end", "false", "--metric_for_best_model", "loss", "--generate_eval_samples", "0",
             "--test_samples", "0", "--report_to", "none", "--dataloader_num_workers", str(workers), *overrides]
 
 
-def run_variants(names: list[str], out_dir: Path, parallel: int, workers: int) -> None:
+def run_variants(names: list[str], out_dir: Path, parallel: int, workers: int,
+                 variants: dict[str, tuple[int, int, list[str]]] = VARIANTS) -> None:
     """Train the variants, `parallel` at a time; each one's log goes to <out>/<name>.log."""
     pending = list(names)
     running: dict[str, subprocess.Popen] = {}
@@ -97,7 +99,7 @@ def run_variants(names: list[str], out_dir: Path, parallel: int, workers: int) -
         while pending and len(running) < parallel:
             name = pending.pop(0)
             log = open(out_dir / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
-            running[name] = subprocess.Popen(train_command(name, out_dir, workers), cwd=REPO, stdout=log,
+            running[name] = subprocess.Popen(train_command(name, out_dir, workers, variants), cwd=REPO, stdout=log,
                                              stderr=subprocess.STDOUT)
         for name, proc in list(running.items()):
             if proc.poll() is not None:
