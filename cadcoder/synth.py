@@ -996,7 +996,11 @@ def _read_shards(work: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any
     return rows
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+
+
 def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Rows of train / validation / test for ``n`` samples; raises when a requested split would be empty."""
     if len(splits) != 3 or min(splits) < 0 or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
         raise ValueError(f"splits must be three non-negative fractions summing to 1, got {splits}")
     n_val = int(round(n * splits[1]))
@@ -1004,7 +1008,14 @@ def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int,
     if n >= 3:  # every requested split gets at least one row
         n_val = max(n_val, 1 if splits[1] > 0 else 0)
         n_test = max(n_test, 1 if splits[2] > 0 else 0)
-    return n - n_val - n_test, n_val, n_test
+    counts = (n - n_val - n_test, n_val, n_test)
+    for name, fraction, count in zip(SPLIT_NAMES, splits, counts):
+        if fraction > 0 and count == 0:  # datasets cannot load an empty split back from save_to_disk
+            raise ValueError(
+                f"{n} samples leave the {name} split empty; ask for at least 3 samples (3 per complexity "
+                f"level when levels are mixed), or give the {name} split a fraction of 0 to leave it out"
+            )
+    return counts
 
 
 def build_synthetic_dataset(
@@ -1208,10 +1219,12 @@ def _assemble(rows: list[dict[str, Any]], seed: int, splits: tuple[float, float,
 
     n_train, n_val, n_test = _split_counts(len(rows), splits)
     perm = np.random.default_rng([int(seed), 2**31 - 1]).permutation(len(rows))
-    parts = {"train": sorted(perm[:n_train]), "validation": sorted(perm[n_train:n_train + n_val]),
-             "test": sorted(perm[n_train + n_val:])}
+    parts = dict(zip(SPLIT_NAMES, (sorted(perm[:n_train]), sorted(perm[n_train:n_train + n_val]),
+                                   sorted(perm[n_train + n_val:]))))
     out = {}
     for split, ids in parts.items():
+        if not ids:  # a split asked for with fraction 0: left out, as datasets cannot reload an empty one
+            continue
         recs = {
             "image": [{"bytes": rows[i]["png"], "path": None} for i in ids],
             "deepcad_id": [rows[i]["deepcad_id"] for i in ids],

@@ -180,6 +180,23 @@ def test_same_seed_identical_and_resume_after_interrupt(tmp_path, box):
         build_synthetic_dataset(10, part, **{**kw, "seed": 12})
 
 
+def test_too_few_samples_for_every_split_fail_before_any_work(tmp_path, box):
+    """datasets cannot reload an empty split, so a set too small for train/validation/test is refused up front."""
+    import datasets
+
+    from cadcoder.training import build_synthetic_mix
+
+    with pytest.raises(ValueError, match="validation split empty.*at least 3 samples"):
+        build_synthetic_dataset(2, tmp_path / "two", progress=False)
+    with pytest.raises(ValueError, match="3 per complexity level"):
+        build_synthetic_mix(4, tmp_path / "mix", complexities=[0, 1], progress=False)
+    assert not any((tmp_path / "two").glob("_synth_work/*.parquet"))
+    no_test = build_synthetic_dataset(3, tmp_path / "no-test", image_size=48, progress=False, complexity=0,
+                                      splits=(0.9, 0.1, 0.0), sandbox=box)
+    assert set(no_test) == {"train", "validation"}
+    assert len(datasets.load_from_disk(str(tmp_path / "no-test"))["validation"]) == 1
+
+
 def test_domain_randomised_mix_renders_the_same_programs_differently(tmp_path):
     """`train.py --synth_render_style random`: same programs as the plain mix, other looks, and no resuming across."""
     import datasets
