@@ -145,16 +145,18 @@ def renderer_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespac
     return summary
 
 
-def write_sheet(pairs: Sequence[tuple], path: Path, columns: int = 3, cell: int = 224) -> None:
-    """Grid of (real | ours) pairs, each labelled with its id and silhouette IoU / edge F1."""
+def write_sheet(pairs: Sequence[tuple], path: Path, columns: int = 3, cell: int = 224,
+                labels: tuple[str, str] = ("real", "ours")) -> None:
+    """Grid of (real | ours) pairs, each labelled with its id and, when its row is given, silhouette IoU / edge F1."""
     from cadcoder.render import side_by_side
 
     tiles = []
     for deepcad_id, real, ours, row in pairs:
+        scores = f" IoU {row['silhouette_iou']:.3f} F1 {row['edge_f1']:.2f}" if row else ""
         tile = side_by_side(
             real.resize((cell, cell), Image.BILINEAR),
             ours.resize((cell, cell), Image.BILINEAR),
-            labels=(f"real {deepcad_id}", f"ours IoU {row['silhouette_iou']:.3f} F1 {row['edge_f1']:.2f}"),
+            labels=(f"{labels[0]} {deepcad_id}", f"{labels[1]}{scores}"),
         )
         tiles.append(tile)
     tw, th = tiles[0].size
@@ -429,8 +431,35 @@ def transfer_table(summary: Dict[str, Any]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def jittered_inputs(records: Sequence[Dict[str, Any]], sandbox: Any, seed: int = 0) -> List[Image.Image]:
+    """The real programs rendered with :meth:`cadcoder.render.RenderStyle.random` (image ``i`` from seed
+    ``[seed, i]``): another grey level, line width, camera direction, zoom and shift than the dataset's, at the
+    real images' size. A stand-in for renders that do not come from GenCAD-Code's own pipeline.
+
+    Raises:
+        RuntimeError: a program of the sample failed to render.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cadcoder.render import RenderStyle, render_task
+
+    size = records[0]["image"].width
+    styles = [RenderStyle.random(np.random.default_rng([seed, i])).to_dict() for i in range(len(records))]
+    with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
+        results = list(pool.map(lambda i: sandbox.run(records[i]["cadquery"], task=render_task, size=size, **styles[i]),
+                                range(len(records))))  # fmt: skip
+    failed = [(r["deepcad_id"], res.error) for r, res in zip(records, results) if not res.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} sample programs failed to render, e.g. {failed[0]}")
+    return [Image.fromarray(np.asarray(res.value, dtype=np.uint8), mode="RGB") for res in results]
+
+
 def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
-    """Run model(s) trained on synthetic data on the real images with each strategy; write transfer.json/.md."""
+    """Run model(s) trained on synthetic data on the real images with each strategy; write transfer.json/.md.
+
+    With ``--input-style random`` the inputs are :func:`jittered_inputs` instead of the real images (the
+    references stay the real programs).
+    """
     import torch
 
     from cadcoder.inference import STRATEGIES, load_model
@@ -447,7 +476,6 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
                                     f"(python train.py configs/quickstart.json writes {DEFAULT_MODEL})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = [r["image"] for r in records]
     refs = [r["cadquery"] for r in records]
     ids = [r["deepcad_id"] for r in records]
     out = Path(args.out)
@@ -456,12 +484,18 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
     t0 = time.perf_counter()
     summary: Dict[str, Any] = {
         "sample": f"{len(records)} real GenCAD-Code test pairs (measurement only)", "protocol": args.protocol,
+        "inputs": "the real images" if args.input_style == "dataset" else
+                  f"the real programs rendered with RenderStyle.random (seed {args.seed})",
         "settings": {"strategies": strategies, "num_candidates": args.num_candidates, "seed": args.seed,
                      "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "workers": args.workers,
                      "timeout": args.timeout, "torch_threads": torch.get_num_threads()},
         "machine": machine_summary(), "commit": _commit(), "goals": TRANSFER_GOALS, "models": [],
     }  # fmt: skip
     with Sandbox(num_workers=args.workers, timeout=args.timeout) as sandbox:
+        images = [r["image"] for r in records] if args.input_style == "dataset" else jittered_inputs(records, sandbox, args.seed)
+        if args.input_style != "dataset":
+            write_sheet([(r["deepcad_id"], r["image"], im, None) for r, im in zip(records, images)],
+                        out / "inputs_sheet.png", labels=("real", "input"))
         summary["baselines"] = transfer_baselines(refs, sandbox, protocol=args.protocol, cache_path=cache, progress=False)
         for folder in models:
             model, processor = load_model(folder, device="cpu")
@@ -482,7 +516,7 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
 
     table = transfer_table(summary)
     (out / "transfer.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    header = (f"Synthetic-to-real transfer on {summary['sample']}, protocol {args.protocol}, "
+    header = (f"Synthetic-to-real transfer on {summary['sample']}, inputs: {summary['inputs']}, protocol {args.protocol}, "
               f"commit {summary['commit']}, {summary['machine']}.\n\n")  # fmt: skip
     (out / "transfer.md").write_text(header + table + "\n", encoding="utf-8")
     print(f"\n== Part 3: synthetic-to-real transfer ({len(records)} real images, {summary['wall_seconds']:.0f} s wall) ==")
@@ -539,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     transfer.add_argument("--max-new-tokens", type=int, default=640, help="generation length cap (quickstart trains with max_length 640)")
     transfer.add_argument("--batch-size", type=int, default=8, help="images per generate call")
     transfer.add_argument("--protocol", default="aligned", choices=("aligned", "bbox", "mecagent"), help="IoU protocol")
+    transfer.add_argument("--input-style", default="dataset", choices=("dataset", "random"),
+                          help="'random': feed the real programs rendered with randomised look and camera instead of the real images")
     transfer.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.num_candidates < 1:
