@@ -108,3 +108,19 @@ def test_transfer_part_with_a_tiny_model(tmp_path, make_tiny_cadcoder):
         rs.main(["--part", "transfer", "--model", str(folder), "--strategies", "beam", "--limit", "1", "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="config.json"):
         rs.main(["--part", "transfer", "--model", str(tmp_path / "missing"), "--limit", "1", "--out", str(out)])
+
+
+@needs_sample
+def test_jittered_inputs_render_the_real_programs_in_another_look_reproducibly():
+    from cadcoder.image_metrics import compare_images
+    from cadcoder.sandbox import Sandbox
+
+    records = rs.load_sample()[:2]
+    with Sandbox(num_workers=1, timeout=30) as box:
+        first = rs.jittered_inputs(records, box, seed=0)
+        again = rs.jittered_inputs(records, box, seed=0)
+    assert [im.size for im in first] == [r["image"].size for r in records]
+    assert [im.tobytes() for im in first] == [im.tobytes() for im in again]
+    for rec, im in zip(records, first):
+        m = compare_images(rec["image"], im)
+        assert 0.5 < m["silhouette_iou"] < 0.995, m  # the same part, seen from a jittered camera
