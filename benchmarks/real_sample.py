@@ -492,8 +492,10 @@ def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespac
         "machine": machine_summary(), "commit": _commit(), "goals": TRANSFER_GOALS, "models": [],
     }  # fmt: skip
     with Sandbox(num_workers=args.workers, timeout=args.timeout) as sandbox:
-        images = [r["image"] for r in records] if args.input_style == "dataset" else jittered_inputs(records, sandbox, args.seed)
-        if args.input_style != "dataset":
+        if args.input_style == "dataset":
+            images = [r["image"] for r in records]
+        else:
+            images = jittered_inputs(records, sandbox, args.seed)
             write_sheet([(r["deepcad_id"], r["image"], im, None) for r, im in zip(records, images)],
                         out / "inputs_sheet.png", labels=("real", "input"))
         summary["baselines"] = transfer_baselines(refs, sandbox, protocol=args.protocol, cache_path=cache, progress=False)

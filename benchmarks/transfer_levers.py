@@ -150,8 +150,8 @@ def levers_table(rows: Sequence[Dict[str, Any]], transfers: Sequence[Dict[str, A
     """One markdown table: per lever and strategy the real-sample scores and the paired difference to `base`,
     then the baselines of the sample."""
     fmt = real_sample._fmt
-    base_rows = {r["strategy"]: per_image_ious(r) for lever, t in zip(rows, transfers) if lever["lever"] == "base"
-                 for r in t["models"][0]["rows"]}  # fmt: skip
+    base = next((t for row, t in zip(rows, transfers) if row["lever"] == "base"), None)
+    base_rows = {r["strategy"]: per_image_ious(r) for r in base["models"][0]["rows"]} if base else {}
     lines = ["| lever | what changes | pairs | params | steps | train min | eval loss | image gain | strategy | VSR | "
              "iou_mean_all | vs base [95% CI] | distinct | failures |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|"]
@@ -160,20 +160,20 @@ def levers_table(rows: Sequence[Dict[str, Any]], transfers: Sequence[Dict[str, A
         minutes = row["train_seconds"] / 60 if row["train_seconds"] else None
         facts = (f"{row['what']} | {row['pairs']} | {model['parameters'] / 1e6:.1f}M | {row['steps']} | {fmt(minutes, 1)} | "
                  f"{fmt(row['eval_loss'])} | {fmt(row['eval_image_gain'])}")
-        for k, r in enumerate(model["rows"]):
+        for i, r in enumerate(model["rows"]):
             fails = ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "none"
             vs_base = "-"
             if row["lever"] != "base" and r["strategy"] in base_rows:
                 d = paired_difference(per_image_ious(r), base_rows[r["strategy"]])
                 r["vs_base"] = d
                 vs_base = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-            lines.append(f"| {row['lever']} | {facts if k == 0 else ' | | | | | |'} | {r['strategy']} ({r['num_candidates']}) | {fmt(r['valid_syntax_rate'], 2)} | "
-                         f"{fmt(r['iou_mean_all'])} | {vs_base} | {fmt(r['distinct_predictions'], 2)} | {fails} |")
-    base = transfers[0]["baselines"]
-    c = base["constant"]
+            lines.append(f"| {row['lever']} | {facts if i == 0 else ' | | | | | |'} | {r['strategy']} ({r['num_candidates']}) | "
+                         f"{fmt(r['valid_syntax_rate'], 2)} | {fmt(r['iou_mean_all'])} | {vs_base} | {fmt(r['distinct_predictions'], 2)} | {fails} |")
+    baselines = transfers[0]["baselines"]
+    c = baselines["constant"]
     lines.append(f"| constant program | | | | | | | | | {fmt(c['valid_syntax_rate'], 2)} | {fmt(c['iou_mean_all'])} | | "
                  f"{fmt(c['distinct_predictions'], 2)} | |")
-    lines.append(f"| chance (reference vs another reference) | | | | | | | | | | {fmt(base['iou_chance'])} | | | |")
+    lines.append(f"| chance (reference vs another reference) | | | | | | | | | | {fmt(baselines['iou_chance'])} | | | |")
     return "\n".join(lines)
 
 
@@ -202,14 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     variants = lever_variants(args.levers, args.data_dir, args.base_num, args.data_factor, args.max_steps,
                               args.larger_model_steps)
+    sets = {lever: lever_dataset(lever, args.data_dir, args.base_num, args.data_factor) for lever in LEVERS}
     started = time.perf_counter()
     rows, transfers = [], []
     for lever in args.levers:
         folder = args.out / lever
         if not trained(folder):
             if lever == "more_data":
-                seed_from_smaller_set(lever_dataset("base", args.data_dir, args.base_num, 1)[0],
-                                      lever_dataset(lever, args.data_dir, args.base_num, args.data_factor)[0])
+                seed_from_smaller_set(sets["base"][0], sets[lever][0])
             print(f"[levers] training {lever}: {' '.join(variants[lever][2])} ({variants[lever][0]} steps)", flush=True)
             quickstart_sweep.run_variants([lever], args.out, parallel=1, workers=0, variants=variants)
             if not trained(folder):
@@ -218,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not report.is_file():
             real_sample.main(transfer_args(folder, args))
         transfers.append(json.loads(report.read_text()))
-        _, pairs = lever_dataset(lever, args.data_dir, args.base_num, args.data_factor)
-        rows.append({"lever": lever, "what": LEVERS[lever][0], "pairs": pairs, **last_eval(folder)})
+        rows.append({"lever": lever, "what": LEVERS[lever][0], "pairs": sets[lever][1], **last_eval(folder)})
         print(f"[levers] {lever} done after {time.perf_counter() - started:.0f} s", flush=True)
 
     table = levers_table(rows, transfers)
