@@ -11,18 +11,20 @@ This file is part of the Hub face: it imports only torch/transformers/numpy/PIL 
 from __future__ import annotations
 
 import ast
+import io
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-__all__ = ["CadCoderImageProcessor", "CadCoderProcessor", "post_process_program"]
+__all__ = ["CadCoderImageProcessor", "CadCoderProcessor", "post_process_program", "to_rgb_image"]
 
 IMAGE_TOKEN = "<image>"
 # Mean/std of ImageNet averaged over RGB: the 1-channel stem is the sum of the RGB filters, so feeding it grey
@@ -112,6 +114,49 @@ def _to_float_image(image: ImageLike) -> np.ndarray:
     raise ValueError(
         f"unsupported image type {type(image).__name__}; pass a PIL.Image, a numpy array or a torch tensor."
     )
+
+
+def to_rgb_image(image: ImageLike | str | bytes | dict | Any) -> Image.Image:
+    """Decode any supported image to an 8-bit RGB ``PIL.Image`` with transparency composited on white.
+
+    The one image decoder of the package: the processor, the metrics, the data loader and inference all
+    read images through it. Accepts a PIL image (the modes of :data:`SUPPORTED_MODES`), a numpy array or
+    torch tensor (HW, HWC or CHW; uint8, uint16, bool or float in [0, 1]), a file path, encoded bytes, or a
+    ``datasets`` image dict ``{"bytes": ..., "path": ...}``.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or is a folder.
+        ValueError: anything that cannot be decoded; the message says what to pass instead.
+    """
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+        if image is None:
+            raise ValueError("image dict has neither 'bytes' nor 'path'; pass an encoded image or a file path.")
+    if isinstance(image, (bytes, bytearray)):
+        image = _open_pil(io.BytesIO(image), "encoded bytes")
+    elif isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"image file not found: {path}; pass the path of a PNG or JPEG image of a part")
+        if os.path.isdir(path):
+            raise FileNotFoundError(f"{path} is a folder, not an image file; pass the image files inside it")
+        image = _open_pil(path, path)
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        return image
+    array = _to_float_image(image)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return Image.fromarray(np.rint(array * 255.0).astype(np.uint8), mode="RGB")
+
+
+def _open_pil(source: Any, name: str) -> Image.Image:
+    """Open and fully load an image (so a file is closed again); unreadable input raises ``ValueError``."""
+    try:
+        with Image.open(source) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{name} is not a readable image ({type(exc).__name__}: {exc}); pass a PNG or JPEG file") from None
 
 
 def _as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

@@ -69,16 +69,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from cadcoder.tasks import DESCRIBE_SHAPE, TaskRef
 
 __all__ = [
     "FAILURE_REASONS",
     "RESULT_NAMES",
     "PolicyViolation",
     "Sandbox",
+    "SandboxJob",
     "SandboxResult",
+    "borrow_or_open",
     "check_policy",
     "describe_shape",
 ]
@@ -209,6 +213,15 @@ class SandboxResult:
     def ok(self) -> bool:
         """True when the program produced a valid solid and the task succeeded."""
         return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    """One program for :meth:`Sandbox.map` with its own task and task keyword arguments."""
+
+    code: str
+    task: TaskRef = DESCRIBE_SHAPE
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_shape(shape: Any) -> dict[str, Any]:
@@ -906,7 +919,7 @@ class Sandbox:
             self._free.put(worker)
         return SandboxResult(status=status, value=value, error=error, seconds=time.monotonic() - t0, output=output)
 
-    def run(self, code: str, task: str | Callable[..., Any] = "cadcoder.sandbox:describe_shape", **task_kwargs: Any) -> SandboxResult:
+    def run(self, code: str, task: TaskRef = DESCRIBE_SHAPE, **task_kwargs: Any) -> SandboxResult:
         """Run one program and the task on its result.
 
         Args:
@@ -922,33 +935,57 @@ class Sandbox:
 
     def map(
         self,
-        codes: Sequence[str],
-        task: str | Callable[..., Any] = "cadcoder.sandbox:describe_shape",
-        progress: bool = False,
+        codes: Sequence[str | SandboxJob],
+        task: TaskRef = DESCRIBE_SHAPE,
+        progress: bool | str = False,
+        on_result: Callable[[int, SandboxResult], None] | None = None,
         **task_kwargs: Any,
     ) -> list[SandboxResult]:
-        """Run many programs in parallel over the worker slots; results come back in input order."""
-        jobs = [self._job(c, task, task_kwargs) for c in codes]
+        """Run many programs in parallel over the worker slots; results come back in input order.
+
+        Args:
+            codes: CadQuery sources, each run with ``task`` and ``task_kwargs``, or :class:`SandboxJob` items
+                that carry their own task and keyword arguments (the two may be mixed).
+            task: the task for plain sources (see :meth:`run`).
+            progress: show a tqdm bar; a string is used as its description.
+            on_result: called as ``on_result(index, result)`` as each job finishes, from the calling
+                thread's pool, one call at a time (write partial results or checkpoints here).
+            **task_kwargs: keyword arguments for the task of plain sources.
+
+        Returns:
+            One :class:`SandboxResult` per input, in input order; failures are reported, never raised.
+        """
+        jobs = [
+            self._job(c.code, c.task, dict(c.kwargs)) if isinstance(c, SandboxJob) else self._job(c, task, task_kwargs)
+            for c in codes
+        ]
         results: list[SandboxResult | None] = [None] * len(jobs)
         bar = None
-        if progress:
+        if progress and jobs:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(jobs), desc="sandbox", unit="prog")
+            bar = tqdm(total=len(jobs), desc=progress if isinstance(progress, str) else "sandbox", unit="prog")
         lock = threading.Lock()
         it = iter(enumerate(jobs))
+        errors: list[BaseException] = []
 
         def loop() -> None:
             while True:
                 with lock:
-                    nxt = next(it, None)
+                    nxt = None if errors else next(it, None)
                 if nxt is None:
                     return
                 i, job = nxt
-                results[i] = self._run_job(job)
-                if bar is not None:
-                    with lock:
+                result = self._run_job(job)
+                results[i] = result
+                with lock:
+                    if bar is not None:
                         bar.update(1)
+                    if on_result is not None and not errors:
+                        try:
+                            on_result(i, result)
+                        except BaseException as exc:  # re-raised in the caller's thread below
+                            errors.append(exc)
 
         threads = [threading.Thread(target=loop, daemon=True) for _ in range(min(self.num_workers, len(jobs)))]
         for t in threads:
@@ -957,8 +994,26 @@ class Sandbox:
             t.join()
         if bar is not None:
             bar.close()
+        if errors:
+            raise errors[0]
         return results  # type: ignore[return-value]
 
+
+@contextlib.contextmanager
+def borrow_or_open(
+    sandbox: Sandbox | None = None, num_workers: int | None = None, timeout: float = 10.0
+) -> Iterator[Sandbox]:
+    """Use the caller's sandbox when one is given (left open), or open one for the block and close it after.
+
+    Args:
+        sandbox: an open :class:`Sandbox` to borrow, or ``None``.
+        num_workers, timeout: settings of the sandbox opened when none is given.
+    """
+    if sandbox is not None:
+        yield sandbox
+        return
+    with Sandbox(num_workers=num_workers, timeout=timeout) as opened:
+        yield opened
 
 if __name__ == "__main__":
     _zygote_main()

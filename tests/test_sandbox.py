@@ -172,3 +172,38 @@ def test_bad_arguments():
     with Sandbox(num_workers=1) as sb:
         with pytest.raises(ValueError, match="module-level"):
             sb.run(BENIGN, task=lambda s: 1)
+
+
+def test_every_named_task_resolves_to_a_function():
+    """Each task constant in cadcoder.tasks names an importable module-level function."""
+    import importlib
+
+    from cadcoder import tasks
+
+    for ref in tasks.ALL_TASKS:
+        module, _, name = ref.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), ref
+
+
+def test_map_mixes_jobs_and_reports_each_result_once(sandbox):
+    """map accepts plain sources and SandboxJob items, keeps input order and calls on_result per job."""
+    from cadcoder.sandbox import SandboxJob
+    from cadcoder.tasks import DESCRIBE_SHAPE
+
+    seen = []
+    codes = ["import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)", SandboxJob("solid = 1/0", DESCRIBE_SHAPE)]
+    results = sandbox.map(codes, on_result=lambda i, r: seen.append((i, r.status)))
+    assert [r.status for r in results] == ["ok", "runtime_error"]
+    assert sorted(seen) == [(0, "ok"), (1, "runtime_error")]
+
+
+def test_borrow_or_open_leaves_a_borrowed_sandbox_open(sandbox):
+    """A borrowed sandbox stays usable after the block; an opened one is closed."""
+    from cadcoder.sandbox import borrow_or_open
+
+    with borrow_or_open(sandbox) as sb:
+        assert sb is sandbox
+    assert sandbox.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
+    with borrow_or_open(None, num_workers=1, timeout=5) as opened:
+        assert opened is not sandbox
+    assert opened._closed
