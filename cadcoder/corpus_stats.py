@@ -6,14 +6,15 @@ Used to compare the synthetic corpus with GenCAD-Code (``benchmarks/synth_speed.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-#: The GenCAD-Code figures quoted in issue 4 (from the full 147K set), for side-by-side reports.
+from cadcoder.schema import approx_token_count
+
+#: The published GenCAD-Code figures (from the full 147K set), for side-by-side reports.
 GENCAD_FIGURES: dict[str, Any] = {
     "sketches_per_model": "1-8, median 1",
     "loops_per_model": "1-10, median 2",
@@ -127,8 +128,7 @@ def corpus_stats(programs: Sequence[str], tokenizer: Any = None,
         ``skeleton_entropy_bits``.
     """
     if count_tokens is None:
-        count_tokens = (lambda c: len(tokenizer(c)["input_ids"])) if tokenizer is not None else (
-            lambda c: int(math.ceil(len(c) / 1.5)))
+        count_tokens = (lambda c: len(tokenizer(c)["input_ids"])) if tokenizer is not None else approx_token_count
     n = len(programs)
     if n == 0:
         raise ValueError("corpus_stats needs at least one program")

@@ -15,7 +15,6 @@ RAM. :func:`canonicalize_numbers` offers a shorter number format for programs.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -26,14 +25,17 @@ from typing import Any, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from cadcoder.packing import pack_batch
-
-DEFAULT_HUB_DATASET = "CADCODER/GenCAD-Code"
-GENCAD_PROMPT = (
-    "Generate the CADQuery code needed to create the CAD for the provided image. Just the code, no other words."
+from cadcoder.schema import (  # noqa: F401  (re-exported: the loader's names for the schema)
+    DEFAULT_HUB_DATASET,
+    GENCAD_COLUMNS,
+    GENCAD_PROMPT,
+    REQUIRED_COLUMNS,
+    SPLIT_NAMES,
+    approx_token_count,
+    gencad_features,
 )
-GENCAD_COLUMNS = ("image", "deepcad_id", "cadquery", "token_count", "prompt", "hundred_subset")
-REQUIRED_COLUMNS = ("image", "cadquery")
-SPLIT_NAMES = ("train", "validation", "test")
+from processing_cadcoder import to_rgb_image
+
 _FILE_TYPES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
@@ -42,24 +44,6 @@ _NUMBER = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-def _features(decode: bool = False) -> Any:
-    import datasets
-
-    return datasets.Features({
-        "image": datasets.Image(decode=decode),
-        "deepcad_id": datasets.Value("string"),
-        "cadquery": datasets.Value("string"),
-        "token_count": datasets.Value("int64"),
-        "prompt": datasets.Value("string"),
-        "hundred_subset": datasets.Value("bool"),
-    })
-
-
-def _approx_tokens(code: str) -> int:
-    # Same approximation as cadcoder.synth.approx_token_count (~1.5 characters per CodeGen token).
-    return int(math.ceil(len(code) / 1.5))
-
-
 def _check_columns(names: Sequence[str], source: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
@@ -76,7 +60,7 @@ def _fill_defaults(batch: dict[str, list], indices: list[int], prefix: str) -> d
     out = {"image": batch["image"], "cadquery": batch["cadquery"]}
     out["deepcad_id"] = [str(v) for v in batch["deepcad_id"]] if "deepcad_id" in batch else \
         [f"{prefix}{i:08d}" for i in indices]
-    out["token_count"] = batch["token_count"] if "token_count" in batch else [_approx_tokens(c) for c in batch["cadquery"]]
+    out["token_count"] = batch["token_count"] if "token_count" in batch else [approx_token_count(c) for c in batch["cadquery"]]
     out["prompt"] = batch["prompt"] if "prompt" in batch else [GENCAD_PROMPT] * n
     out["hundred_subset"] = batch["hundred_subset"] if "hundred_subset" in batch else [False] * n
     return out
@@ -92,7 +76,7 @@ def _normalise(ds: Any, source: str, base_dir: Path | None = None, verify_images
         extra = [c for c in ds.column_names if c not in GENCAD_COLUMNS]
         ds = ds.map(lambda b, idx: _fill_defaults(b, idx, "row"), batched=True, with_indices=True,
                     remove_columns=extra or None)
-        return ds.cast(_features())
+        return ds.cast(gencad_features(decode_images=False))
     feat = ds.features.get("image")
     if isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string"):
         ds = _resolve_image_paths(ds, source, base_dir, verify_images)
@@ -109,13 +93,13 @@ def _normalise(ds: Any, source: str, base_dir: Path | None = None, verify_images
     if "deepcad_id" not in ds.column_names:
         ds = ds.add_column("deepcad_id", [f"row{i:08d}" for i in range(n)])
     if "token_count" not in ds.column_names:
-        ds = ds.add_column("token_count", [_approx_tokens(c) for c in ds["cadquery"]])
+        ds = ds.add_column("token_count", [approx_token_count(c) for c in ds["cadquery"]])
     if "prompt" not in ds.column_names:
         ds = ds.add_column("prompt", [GENCAD_PROMPT] * n)
     if "hundred_subset" not in ds.column_names:
         ds = ds.add_column("hundred_subset", [False] * n)
     ds = ds.select_columns(list(GENCAD_COLUMNS))
-    for name, feat in _features().items():
+    for name, feat in gencad_features(decode_images=False).items():
         if ds.features[name] != feat:
             ds = ds.cast_column(name, feat)
     return ds
@@ -245,27 +229,16 @@ def load_cad_dataset(
 def decode_image(value: Any, row: str | None = None) -> Image.Image:
     """Decode an encoded dataset image (``{"bytes", "path"}``, bytes, a path or a PIL image) to RGB.
 
+    Transparent renders go on white, like the dataset (:func:`processing_cadcoder.to_rgb_image`).
+
     Raises:
         ValueError: the image cannot be decoded; the message names the row.
     """
     where = f" (row {row})" if row is not None else ""
     try:
-        if isinstance(value, Image.Image):
-            img = value
-        elif isinstance(value, dict):
-            img = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
-        elif isinstance(value, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(value))
-        else:
-            img = Image.open(value)
-        img.load()
-    except (UnidentifiedImageError, OSError, KeyError, TypeError) as err:
+        return to_rgb_image(value)
+    except (ValueError, OSError, TypeError) as err:
         raise ValueError(f"unreadable image{where}: {err}; re-encode it as PNG or JPEG") from err
-    if img.mode == "RGBA":  # transparent renders go on white, like the dataset
-        bg = Image.new("RGB", img.size, (255, 255, 255))
-        bg.paste(img, mask=img.getchannel("A"))
-        return bg
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,15 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin  # noqa: F401  (PNG encoding inside the jailed worker)
 
+from cadcoder.schema import (  # noqa: F401  (re-exported: the builder's names for the schema)
+    CHARS_PER_TOKEN,
+    GENCAD_COLUMNS,
+    GENCAD_PROMPT,
+    SPLIT_NAMES,
+    approx_token_count,
+    gencad_features,
+)
+
 # The sandbox's jailed workers cannot import lazily: the render task's modules load here, at import time.
 try:
     from cadcoder import render as _render
@@ -851,25 +860,9 @@ def generate_program(rng: np.random.Generator | int, complexity: int = 3) -> str
 # ---------------------------------------------------------------------------------------------
 # Dataset building
 # ---------------------------------------------------------------------------------------------
-#: The GenCAD-Code ``prompt`` column (one prompt for every row).
-GENCAD_PROMPT = (
-    "Generate the CADQuery code needed to create the CAD for the provided image. Just the code, no other words."
-)
-GENCAD_COLUMNS = ("image", "deepcad_id", "cadquery", "token_count", "prompt", "hundred_subset")
-#: Characters per CodeGen token on GenCAD-Code programs (~900 characters ~ 600 tokens, issue 4).
-CHARS_PER_TOKEN = 1.5
 _MANIFEST = "manifest.json"
 _WORK_DIR = "_synth_work"
 _NUM_RE = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?|-?\d+e[-+]?\d+")
-
-
-def approx_token_count(code: str) -> int:
-    """Approximate CodeGen token count: ``ceil(len(code) / 1.5)``.
-
-    The ratio is the one GenCAD-Code's own figures imply (~900 characters, ~600 CodeGen tokens per
-    program). Pass a tokenizer to :func:`build_synthetic_dataset` for exact counts.
-    """
-    return int(math.ceil(len(code) / CHARS_PER_TOKEN))
 
 
 def code_skeleton(code: str) -> str:
@@ -994,9 +987,6 @@ def _read_shards(work: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any
     for sh in shards:
         rows.extend(pq.read_table(work / sh["file"]).to_pylist())
     return rows
-
-
-SPLIT_NAMES = ("train", "validation", "test")
 
 
 def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -1200,19 +1190,6 @@ def build_synthetic_dataset(
     return dd
 
 
-def _features() -> "datasets.Features":  # noqa: F821
-    import datasets
-
-    return datasets.Features({
-        "image": datasets.Image(),
-        "deepcad_id": datasets.Value("string"),
-        "cadquery": datasets.Value("string"),
-        "token_count": datasets.Value("int64"),
-        "prompt": datasets.Value("string"),
-        "hundred_subset": datasets.Value("bool"),
-    })
-
-
 def _assemble(rows: list[dict[str, Any]], seed: int, splits: tuple[float, float, float]) -> Any:
     """Rows (in index order) -> DatasetDict with a seeded split assignment."""
     import datasets
@@ -1233,7 +1210,7 @@ def _assemble(rows: list[dict[str, Any]], seed: int, splits: tuple[float, float,
             "prompt": [GENCAD_PROMPT] * len(ids),
             "hundred_subset": [split == "test" and k < 100 for k in range(len(ids))],
         }
-        out[split] = datasets.Dataset.from_dict(recs, features=_features())
+        out[split] = datasets.Dataset.from_dict(recs, features=gencad_features())
     return datasets.DatasetDict(out)
 
 

@@ -49,7 +49,7 @@ def test_programs_follow_the_gencad_format(complexity):
             assert re.match(r"(# Generating a workplane for sketch \d+|wp_sketch\d+ = cq\.Workplane|loop\d+=wp_sketch\d+\.moveTo"
                             r"|solid\d+=wp_sketch\d+(\.add\(loop\d+\))+\.extrude|solid(_temp)?=solid)", line), line
     stats = corpus_stats(progs)
-    # the dataset's grids and ranges (issue 4)
+    # the dataset's grids and ranges: origins, extrudes and sketch coordinates on the GenCAD grids
     assert stats["grid_share"] == {"origins": 1.0, "extrudes": 1.0, "sketch_coords": 1.0}
     lo, hi = stats["value_range"]
     assert lo >= -1.0 and hi <= 1.52
