@@ -26,7 +26,7 @@ CANDIDATE = "cadcoder.export:candidate_task"
 """Summary and render of one inference candidate, for render-and-compare."""
 EXPORT = "cadcoder.export:export_task"
 """STEP text, mesh arrays and preview of the chosen program's solid."""
-SYNTH_SAMPLE = "cadcoder.synth:synth_sample_task"
+SYNTH_SAMPLE = "cadcoder.synth.dataset:synth_sample_task"
 """Validation, geometry key and render of one synthetic program."""
 
 ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE)

@@ -184,7 +184,7 @@ def test_too_few_samples_for_every_split_fail_before_any_work(tmp_path, box):
     """datasets cannot reload an empty split, so a set too small for train/validation/test is refused up front."""
     import datasets
 
-    from cadcoder.training import build_synthetic_mix
+    from cadcoder.synth import build_synthetic_mix
 
     with pytest.raises(ValueError, match="validation split empty.*at least 3 samples"):
         build_synthetic_dataset(2, tmp_path / "two", progress=False)
@@ -201,7 +201,7 @@ def test_domain_randomised_mix_renders_the_same_programs_differently(tmp_path):
     """`train.py --synth_render_style random`: same programs as the plain mix, other looks, and no resuming across."""
     import datasets
 
-    from cadcoder.training import build_synthetic_mix
+    from cadcoder.synth import build_synthetic_mix
 
     kw = dict(complexities=[0, 1], seed=5, workers=1, image_size=48, progress=False, chunk_size=4)
     plain = datasets.load_from_disk(str(build_synthetic_mix(6, tmp_path / "plain", **kw)))
