@@ -11,21 +11,12 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["CadCoderConfig", "CODEGEN_350M_MONO_ARCH", "DEFAULT_IMAGE_SIZE", "VISUAL_TOKEN_MODES"]
+__all__ = ["CadCoderConfig", "CODEGEN_350M_MONO_ARCH", "DEFAULT_IMAGE_SIZE", "VISUAL_TOKEN_MODES", "timm_vision_config"]
 
 VISUAL_TOKEN_MODES = ("grid", "pooled")
 
-# Why 224 and not the dataset's native 448 (GenCAD-Code renders are 448x448, the processor resizes them):
-# * ResNet18's ImageNet weights were trained at 224, so the pretrained receptive fields see parts at the scale
-#   they were trained for;
-# * with the "grid" visual tokens, 224 px gives a 7x7 = 49-token grid instead of 14x14 = 196. Real programs average
-#   ~456 tokens, so 196 image tokens would add ~43% to every sequence (attention, KV cache, activations), 49 ~11%;
-# * measured (benchmarks/generation_throughput.py, ResNet18 + codegen-350M shape, random weights, CPU, batch 1):
-#   image encoding + prompt prefill took 8.9 s at 224 px vs 22.9 s at 448 px (2.6x; a shared, loaded 2-core
-#   machine, so absolute figures are pessimistic), and every later decode step attends over 147 more cached
-#   positions. The renders stay legible at 224: the part is a flat grey silhouette whose 1-px black edges at 448
-#   survive the bicubic downscale as lighter, still visible lines (checked on the GenCAD-Code sample).
-# It is a config field: set ``image_size=448`` to train at full resolution.
+# Side of the square encoder input; the GenCAD-Code renders (448 px) are resized to it. docs/REPORT.md
+# ("Image size") says why 224 and not 448.
 DEFAULT_IMAGE_SIZE = 224
 
 # Architecture of Salesforce/codegen-350M-mono (its config.json), so the default config needs no download.
@@ -50,14 +41,24 @@ CODEGEN_350M_MONO_ARCH: dict = {
     "tie_word_embeddings": False,
 }
 
-# The seed's encoder: ResNet18, 1-channel (grayscale) input, no classifier head.
-RESNET18_GRAY_ARCH: dict = {
-    "model_type": "timm_wrapper",
-    "architecture": "resnet18",
-    "model_args": {"in_chans": 1},
-    "num_labels": 0,
-    "do_pooling": False,
-}
+
+def timm_vision_config(
+    architecture: str = "resnet18", num_channels: int = 1, model_args: dict | None = None
+) -> dict:
+    """The ``vision_config`` dict of a timm encoder without classifier (``TimmWrapperConfig`` fields).
+
+    Args:
+        architecture: timm architecture name (``"resnet18"``, ``"resnet10t"`` ...).
+        num_channels: input channels of the encoder's stem (1 = grayscale).
+        model_args: other ``timm.create_model`` arguments; ``in_chans`` is always ``num_channels``.
+    """
+    return {
+        "model_type": "timm_wrapper",
+        "architecture": architecture,
+        "model_args": {**(model_args or {}), "in_chans": num_channels},
+        "num_labels": 0,  # no dummy ImageNet labels in config.json
+        "do_pooling": False,
+    }
 
 
 class CadCoderConfig(PreTrainedConfig):
@@ -89,9 +90,7 @@ class CadCoderConfig(PreTrainedConfig):
 
     model_type = "cadcoder"
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="timm_wrapper", init_kwargs=dict(RESNET18_GRAY_ARCH)
-        ),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="timm_wrapper", init_kwargs=timm_vision_config()),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="codegen", init_kwargs=CODEGEN_350M_MONO_ARCH),
     }
 

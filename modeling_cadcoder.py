@@ -11,12 +11,11 @@ This file is part of the Hub face: it imports only torch/transformers/timm and s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -145,12 +144,9 @@ class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin)
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs) -> None:
         # transformers only finds modules with a `gradient_checkpointing` flag (the LM blocks); timm's encoder has
         # its own switch.
-        if gradient_checkpointing_func is None:
-            super()._set_gradient_checkpointing(enable=enable, **kwargs)
-        else:
-            super()._set_gradient_checkpointing(
-                enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs
-            )
+        if gradient_checkpointing_func is not None:  # else transformers' default (torch checkpoint)
+            kwargs["gradient_checkpointing_func"] = gradient_checkpointing_func
+        super()._set_gradient_checkpointing(enable=enable, **kwargs)
         timm_model = getattr(self.vision_tower, "timm_model", None)
         if timm_model is not None and hasattr(timm_model, "set_grad_checkpointing"):
             try:
@@ -320,78 +316,6 @@ class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin)
             image_hidden_states=image_features,
         )
 
-    # ------------------------------------------------------------------------------------ building from parts
-    @classmethod
-    def from_pretrained_components(
-        cls,
-        vision: str | os.PathLike = "timm/resnet18.a1_in1k",
-        text: str | os.PathLike = "Salesforce/codegen-350M-mono",
-        tokenizer=None,
-        dtype: torch.dtype | None = None,
-        **config_kwargs,
-    ) -> "CadCoderForConditionalGeneration":
-        """Build a CadCoder model from a pretrained timm encoder and a pretrained causal LM.
-
-        The RGB stem of the encoder is adapted to ``num_channels`` (default 1) by summing its filters (timm's
-        ``adapt_input_conv``), so a grayscale image produces the activations the RGB network gave to a grey image.
-        The projector is freshly initialised.
-
-        Args:
-            vision: timm checkpoint, as a Hub id (``"timm/resnet18.a1_in1k"``, needs network), an ``"hf-hub:..."``
-                name, or a local folder holding ``config.json`` + weights as written by timm's
-                ``save_for_hf`` / ``TimmWrapperModel.save_pretrained``.
-            text: causal LM checkpoint (Hub id or local folder saved with ``save_pretrained``).
-            tokenizer: optional tokenizer; if given, ``<image>`` is added to it when missing, the LM embeddings are
-                resized to fit it and ``config.image_token_id`` is set.
-            dtype: dtype of the returned model (default ``torch.float32``; e.g. ``torch.bfloat16``).
-            **config_kwargs: other ``CadCoderConfig`` fields (``visual_tokens``, ``image_size``, ``num_channels`` ...).
-
-        Returns:
-            The assembled model, in eval mode (call ``.train()`` before fine-tuning).
-
-        Offline use: pass local folders; a Hub id needs network access on first use (then the HF cache serves it).
-        """
-        from transformers import TimmWrapperConfig
-
-        dtype = dtype or torch.float32  # Hub checkpoints are often fp16: never mix dtypes silently
-        num_channels = int(config_kwargs.get("num_channels", 1))
-        rgb_timm, architecture, model_args = _load_timm_encoder(vision, dtype)
-        vision_config = TimmWrapperConfig(
-            architecture=architecture, model_args={**model_args, "in_chans": num_channels}, num_labels=0,
-            do_pooling=False,
-        )  # fmt: skip
-        text_model = AutoModelForCausalLM.from_pretrained(str(text), dtype=dtype)
-
-        config = CadCoderConfig(vision_config=vision_config, text_config=text_model.config, **config_kwargs)
-        with torch.device("meta"):  # skeleton only: the towers are replaced below, no random init of a big LM
-            model = cls(config)
-        vision_tower = AutoModel.from_config(config.vision_config, dtype=dtype)
-        vision_tower.timm_model.load_state_dict(_adapt_input_channels(rgb_timm, num_channels))
-        model.vision_tower = vision_tower
-        model.language_model = text_model
-        model.config.text_config = text_model.config
-        model.multi_modal_projector = CadCoderMultiModalProjector(
-            vision_dim=_vision_feature_dim(vision_tower),
-            text_dim=config.text_config.hidden_size,
-            hidden_dim=config.projector_hidden_size,
-            act=config.projector_hidden_act,
-        ).to(dtype)
-        model._init_weights(model.multi_modal_projector)
-        del rgb_timm
-
-        if tokenizer is not None:
-            image_token = "<image>"
-            if image_token not in tokenizer.get_vocab():
-                tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-            image_token_id = tokenizer.convert_tokens_to_ids(image_token)
-            if len(tokenizer) > model.config.text_config.vocab_size:
-                model.resize_token_embeddings(len(tokenizer))
-            model.config.image_token_id = image_token_id
-            model.generation_config = _default_generation_config(tokenizer)
-        elif getattr(text_model, "generation_config", None) is not None:
-            model.generation_config = GenerationConfig.from_dict(text_model.generation_config.to_dict())
-        return model.eval()
-
 
 def _vision_feature_dim(vision_tower: nn.Module) -> int:
     """Channels of the encoder's last feature map (timm ``num_features``, else ``config.hidden_size``)."""
@@ -399,70 +323,6 @@ def _vision_feature_dim(vision_tower: nn.Module) -> int:
     if timm_model is not None:
         return int(timm_model.num_features)
     return int(vision_tower.config.hidden_size)
-
-
-def _load_timm_encoder(vision: str | os.PathLike, dtype: torch.dtype) -> tuple[nn.Module, str, dict]:
-    """Load a pretrained timm encoder as published (RGB stem, no classifier).
-
-    Accepts a Hub id (``"timm/resnet18.a1_in1k"``), ``"hf-hub:..."`` / ``"local-dir:..."`` names, a local folder in
-    timm's format (``timm.models.save_for_hf``) or one written by ``TimmWrapperModel.save_pretrained``.
-
-    Returns:
-        ``(timm_model, architecture, extra_model_args)``.
-    """
-    import json
-
-    import timm
-
-    ignored_args = ("num_classes", "global_pool", "in_chans", "pretrained_cfg", "pretrained_cfg_overlay")
-    path = os.fspath(vision)
-    config_file = os.path.join(path, "config.json")
-    if os.path.isdir(path) and not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{path} has no config.json; pass a timm checkpoint folder or a Hub id.")
-    if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
-        if config.get("model_type") == "timm_wrapper":  # saved by transformers
-            from transformers import TimmWrapperModel
-
-            wrapper = TimmWrapperModel.from_pretrained(path, num_labels=0, dtype=dtype)
-            args = {k: v for k, v in (wrapper.config.model_args or {}).items() if k not in ignored_args}
-            return wrapper.timm_model, wrapper.config.architecture, args
-        name = f"local-dir:{path}"
-    else:
-        name = path if path.startswith(("hf-hub:", "local-dir:")) else f"hf-hub:{path}"
-        config = {}
-    timm_model = timm.create_model(name, pretrained=True, num_classes=0).to(dtype)
-    args = {k: v for k, v in (config.get("model_args") or {}).items() if k not in ignored_args}
-    architecture = config.get("architecture") or timm_model.default_cfg.get("architecture")
-    return timm_model, architecture, args
-
-
-def _adapt_input_channels(timm_model: nn.Module, num_channels: int) -> dict[str, torch.Tensor]:
-    """State dict of ``timm_model`` with its first conv adapted to ``num_channels`` (timm ``adapt_input_conv``)."""
-    from timm.models import adapt_input_conv
-
-    state = timm_model.state_dict()
-    first_conv = timm_model.pretrained_cfg.get("first_conv", "conv1") if hasattr(timm_model, "pretrained_cfg") else None
-    first_conv = first_conv or "conv1"
-    convs = [first_conv] if isinstance(first_conv, str) else list(first_conv)
-    for name in convs:
-        key = f"{name}.weight"
-        if key in state and state[key].shape[1] != num_channels:
-            state[key] = adapt_input_conv(num_channels, state[key])
-    return state
-
-
-def _default_generation_config(tokenizer) -> GenerationConfig:
-    """Greedy decoding that stops at EOS and pads with the tokenizer's pad token (EOS for CodeGen)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=pad,
-        max_new_tokens=1024,
-        do_sample=False,
-    )
 
 
 CadCoderForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")

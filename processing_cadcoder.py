@@ -15,6 +15,7 @@ import io
 import os
 import re
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_transforms import normalize
+from transformers.image_utils import ChannelDimension
 from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.utils import PaddingStrategy, TensorType
 
 __all__ = ["CadCoderImageProcessor", "CadCoderProcessor", "post_process_program", "to_rgb_image"]
 
@@ -232,9 +237,7 @@ class CadCoderImageProcessor(BaseImageProcessor):
             for c in range(self.num_channels)
         ]
         out = np.clip(np.stack(channels, axis=0), 0.0, 1.0)  # (C, size, size); clip bicubic overshoot
-        mean = np.asarray(self.image_mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
-        return (out - mean) / std
+        return normalize(out, self.image_mean, self.image_std, input_data_format=ChannelDimension.FIRST)
 
     def preprocess(
         self, images: ImageLike | Sequence[ImageLike], return_tensors: str | None = "pt", **kwargs
@@ -251,7 +254,7 @@ class CadCoderImageProcessor(BaseImageProcessor):
             unknown = ", ".join(sorted(kwargs))
             raise ValueError(f"CadCoderImageProcessor got unexpected argument(s): {unknown}.")
         batch = np.stack([self.preprocess_one(image) for image in _as_image_list(images)])
-        return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
+        return BatchFeature(data={"pixel_values": batch}, tensor_type=_tensor_type(return_tensors))
 
 
 # ------------------------------------------------------------------------------------------------ programs
@@ -306,6 +309,126 @@ def post_process_program(text: str) -> str:
     return _ensure_solid(code).strip()
 
 
+# ------------------------------------------------------------------------------------- processor arguments
+_PADDING = {True: "longest", "longest": "longest", "max_length": "max_length", False: "do_not_pad",
+            "do_not_pad": "do_not_pad"}  # fmt: skip
+_TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
+_NO_MODEL_MAX_LENGTH = 10**12  # tokenizers that know no limit report int(1e30)
+
+
+def _option(value: Any) -> Any:
+    """The plain value of a transformers enum option (``PaddingStrategy.LONGEST`` -> ``"longest"``)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _tensor_type(return_tensors: str | TensorType | None) -> str | None:
+    """``"pt"``, ``"np"`` or ``None``; other frameworks raise ``ValueError``."""
+    value = _option(return_tensors)
+    if value not in ("pt", "np", None):
+        raise ValueError(
+            f"return_tensors={value!r} is not supported; pass 'pt' (torch tensors), 'np' (numpy arrays) or None."
+        )
+    return value
+
+
+def _padding_strategy(padding: bool | str | PaddingStrategy | None) -> str:
+    """``"longest"``, ``"max_length"`` or ``"do_not_pad"`` (``None`` means ``"longest"``)."""
+    value = _option(padding)
+    if value is None:
+        return "longest"
+    if isinstance(value, (bool, str)) and value in _PADDING:
+        return _PADDING[value]
+    raise ValueError(f"padding={padding!r} is not supported; pass True, 'longest', 'max_length' or False.")
+
+
+def _truncation(truncation: bool | str | TruncationStrategy | None) -> bool | None:
+    """``True`` (cut), ``False`` (never cut) or ``None`` (cut when ``max_length`` is given)."""
+    value = _option(truncation)
+    if value is None:
+        return None
+    if isinstance(value, (bool, str)) and value in _TRUNCATION:
+        return _TRUNCATION[value]
+    raise ValueError(
+        f"truncation={truncation!r} is not supported: each example is one sequence (prompt + program); pass "
+        "truncation=True or False."
+    )
+
+
+def _padding_side(padding_side: str | None, training: bool) -> str:
+    """``"right"`` for training batches, ``"left"`` for generation inputs; the other side raises ``ValueError``."""
+    side = "right" if training else "left"
+    if padding_side in (None, side):
+        return side
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side={padding_side!r} is not supported; pass 'left' or 'right'.")
+    if training:
+        raise ValueError(
+            "training batches (text given) are right padded: the labels and sequence packing rely on it; pass "
+            "padding_side='right' or leave it out."
+        )
+    raise ValueError(
+        "generation inputs (text=None) are left padded: generate() appends new tokens at the right end; pass "
+        "padding_side='left' or leave it out."
+    )
+
+
+def _as_programs(text: str | Sequence[str] | None, num_images: int) -> list[str] | None:
+    """``text`` as a list of one program per image (``None`` stays ``None``: generation inputs)."""
+    if text is None:
+        return None
+    programs = [text] if isinstance(text, str) else list(text)
+    if len(programs) != num_images:
+        raise ValueError(
+            f"got {num_images} image(s) but {len(programs)} program(s); pass exactly one program per image "
+            "(or text=None to build generation prompts)."
+        )
+    if not all(isinstance(p, str) for p in programs):
+        raise ValueError("text must be a list of program strings.")
+    return programs
+
+
+def _pad_rows(rows: list[list[int]], padding: str, max_length: int | None, side: str, pad_token_id: int,
+              label_start: int | None, stack: bool) -> dict[str, Any]:  # fmt: skip
+    """Pad token rows into ``input_ids``, ``attention_mask`` and (when ``label_start`` is set) ``labels``.
+
+    ``labels`` copy the ids from ``label_start`` on (``-100`` before it and on padding). Unpadded rows of
+    different lengths come back as lists of lists; ``stack=True`` (a tensor type was asked for) refuses them.
+    """
+    lengths = [len(row) for row in rows]
+    if padding == "max_length":
+        if max_length is None:
+            raise ValueError("padding='max_length' needs max_length (tokens per row, prompt included).")
+        if max(lengths) > max_length:
+            raise ValueError(
+                f"a row has {max(lengths)} tokens, more than max_length={max_length}, and truncation is off; pass "
+                "truncation=True to cut programs, or a larger max_length."
+            )
+    elif padding == "do_not_pad" and len(set(lengths)) > 1:
+        if stack:
+            raise ValueError(
+                f"padding=False leaves rows of {min(lengths)} to {max(lengths)} tokens, which do not stack into "
+                "tensors; pass padding=True, or return_tensors=None to get lists."
+            )
+        out: dict[str, Any] = {"input_ids": rows, "attention_mask": [[1] * n for n in lengths]}
+        if label_start is not None:
+            out["labels"] = [[-100] * label_start + row[label_start:] for row in rows]
+        return out
+    width = max_length if padding == "max_length" else max(lengths)
+    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    labels = np.full((len(rows), width), -100, dtype=np.int64)
+    for i, row in enumerate(rows):
+        start = 0 if side == "right" else width - len(row)
+        input_ids[i, start : start + len(row)] = row
+        attention_mask[i, start : start + len(row)] = 1
+        if label_start is not None:
+            labels[i, start + label_start : start + len(row)] = row[label_start:]
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if label_start is not None:
+        out["labels"] = labels
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- processor
 class CadCoderProcessor(ProcessorMixin):
     """Image processor + code tokenizer, and the single prompt format of CadCoder.
@@ -358,72 +481,87 @@ class CadCoderProcessor(ProcessorMixin):
         self,
         images: ImageLike | Sequence[ImageLike] | None = None,
         text: str | Sequence[str] | None = None,
-        return_tensors: str | None = "pt",
+        padding: bool | str | PaddingStrategy | None = None,
+        truncation: bool | str | TruncationStrategy | None = None,
         max_length: int | None = None,
+        padding_side: str | None = None,
+        return_tensors: str | TensorType | None = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Build model inputs.
+        """Build model inputs, with the keyword arguments of transformers' tokenizers and processors.
 
         Args:
-            images: one image or a list (PIL / numpy / torch).
-            text: ``None`` for generation, or one target program per image for training.
-            return_tensors: ``"pt"`` (default), ``"np"`` or ``None`` (lists).
-            max_length: training only: truncate sequences to this many tokens (prompt included); a truncated
-                program loses its final EOS.
+            images: one image or a list (PIL / numpy / torch, any form ``CadCoderImageProcessor`` reads).
+            text: the TARGET CadQuery program(s), one string per image, that the model is trained to write. With
+                ``text`` the call builds a TRAINING batch: ``labels`` supervise exactly the program's tokens and a
+                final EOS (``-100`` on image tokens, bos and padding). ``text`` is not a prompt: the prompt is
+                always the ``<image>`` placeholders + bos, built here. ``text=None`` builds GENERATION inputs
+                (prompt only) for ``model.generate``.
+            padding: ``True`` / ``"longest"`` (the default): pad to the longest row; ``"max_length"``: pad every
+                row to ``max_length``; ``False`` / ``"do_not_pad"``: no padding (rows of different lengths then
+                need ``return_tensors=None``). Generation prompts all have the same length, so only
+                ``"max_length"`` pads them.
+            truncation: ``True`` / ``"longest_first"`` / ``"only_first"``: cut training rows to ``max_length``
+                tokens, prompt included (or to ``tokenizer.model_max_length`` without ``max_length``); a cut
+                program loses its final EOS. ``False`` / ``"do_not_truncate"``: never cut. ``None`` (default):
+                cut when ``max_length`` is given. The generation prompt is never cut.
+            max_length: tokens per row, prompt included (see ``padding`` and ``truncation``).
+            padding_side: ``"right"`` for training batches (labels and sequence packing rely on it), ``"left"``
+                for generation inputs (``generate`` appends at the right); the default picks the right one.
+            return_tensors: ``"pt"`` (default, torch tensors), ``"np"`` (numpy arrays) or ``None`` (numpy arrays;
+                lists of lists for ``input_ids``/``attention_mask``/``labels`` when unpadded rows differ in length).
 
         Raises:
-            ValueError: no/empty images, image and text counts differ, ``max_length`` too short, unknown kwargs.
+            ValueError: no/empty images, image and program counts differ, ``max_length`` too short for the prompt,
+                a padding side, truncation strategy or tensor type this processor cannot produce, or an unknown
+                keyword argument; each message says what to pass instead.
         """
         if kwargs:
-            raise ValueError(f"CadCoderProcessor got unexpected argument(s): {', '.join(sorted(kwargs))}.")
-        image_list = _as_image_list(images)
-        if isinstance(text, str):
-            text = [text]
-        if text is not None:
-            text = list(text)
-            if len(text) != len(image_list):
-                raise ValueError(
-                    f"got {len(image_list)} image(s) but {len(text)} program(s); pass exactly one program per image "
-                    "(or text=None to build generation prompts)."
-                )
-            if not all(isinstance(t, str) for t in text):
-                raise ValueError("text must be a list of program strings.")
-        pixel_values = self.image_processor(image_list, return_tensors="np")["pixel_values"]
-        encoded = self._encode_training(text, max_length) if text is not None else self._encode_prompts(len(image_list))
-        encoded["pixel_values"] = pixel_values
-        return BatchFeature(data=encoded, tensor_type=return_tensors)
-
-    def _encode_prompts(self, batch_size: int) -> dict[str, np.ndarray]:
-        # Every prompt has the same length, so left padding is a no-op here; generate() pads the outputs itself.
-        prompt = self.prompt_ids()
-        return {
-            "input_ids": np.asarray([prompt] * batch_size, dtype=np.int64),
-            "attention_mask": np.ones((batch_size, len(prompt)), dtype=np.int64),
-        }
-
-    def _encode_training(self, programs: list[str], max_length: int | None) -> dict[str, np.ndarray]:
-        prompt = self.prompt_ids()
-        if max_length is not None and max_length <= len(prompt):
             raise ValueError(
-                f"max_length={max_length} leaves no room for the program: the prompt alone is {len(prompt)} tokens "
-                f"({self.num_image_tokens} image tokens + bos); use max_length > {len(prompt)}."
+                f"CadCoderProcessor got unexpected argument(s): {', '.join(sorted(kwargs))}; it accepts images, "
+                "text, padding, truncation, max_length, padding_side and return_tensors."
             )
-        eos = self.tokenizer.eos_token_id
-        rows = []
-        for program in programs:
-            target = self.tokenizer(program, add_special_tokens=False)["input_ids"] + [eos]
-            ids = (prompt + target)[:max_length] if max_length else prompt + target
-            rows.append(ids)
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-        attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-        labels = np.full((len(rows), width), -100, dtype=np.int64)
-        for i, ids in enumerate(rows):  # right padding
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-            labels[i, len(prompt) : len(ids)] = ids[len(prompt) :]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        tensor_type = _tensor_type(return_tensors)
+        padding = _padding_strategy(padding)
+        image_list = _as_image_list(images)
+        programs = _as_programs(text, len(image_list))
+        training = programs is not None
+        side = _padding_side(padding_side, training)
+        prompt = self.prompt_ids()
+        if training:
+            limit = self._truncation_length(truncation, max_length)
+            eos = self.tokenizer.eos_token_id
+            rows = [prompt + self.tokenizer(p, add_special_tokens=False)["input_ids"] + [eos] for p in programs]
+            rows = [row[:limit] for row in rows] if limit else rows
+        else:
+            if max_length is not None and _truncation(truncation) is not False and max_length < len(prompt):
+                raise ValueError(
+                    f"max_length={max_length} is shorter than the {len(prompt)}-token generation prompt "
+                    f"({self.num_image_tokens} image tokens + bos), which is never cut; pass max_length >= "
+                    f"{len(prompt)} or leave it out."
+                )
+            rows = [prompt] * len(image_list)
+        encoded = _pad_rows(rows, padding, max_length, side, self.tokenizer.pad_token_id,
+                            label_start=len(prompt) if training else None, stack=tensor_type is not None)  # fmt: skip
+        encoded["pixel_values"] = self.image_processor(image_list, return_tensors="np")["pixel_values"]
+        return BatchFeature(data=encoded, tensor_type=tensor_type)
+
+    def _truncation_length(self, truncation: bool | str | TruncationStrategy | None, max_length: int | None):
+        """Tokens per training row after truncation (``None``: no truncation); checks room for the program."""
+        truncate = _truncation(truncation)
+        if truncate is False or (truncate is None and max_length is None):
+            return None
+        if max_length is None:
+            max_length = self.tokenizer.model_max_length
+            if max_length is None or max_length > _NO_MODEL_MAX_LENGTH:
+                raise ValueError("truncation=True needs a length: the tokenizer sets no model_max_length; pass max_length.")
+        prompt_length = len(self.prompt_ids())
+        if max_length <= prompt_length:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for the program: the prompt alone is {prompt_length} "
+                f"tokens ({self.num_image_tokens} image tokens + bos); use max_length > {prompt_length}."
+            )
+        return max_length
 
     # ---------------------------------------------------------------------------------------- decoding
     def batch_decode(self, sequences, skip_special_tokens: bool = True, clean: bool = True, **kwargs) -> list[str]:
@@ -454,7 +592,7 @@ CadCoderProcessor.register_for_auto_class("AutoProcessor")
 if not __package__:  # imported as an installed module (not as Hub remote code): make the Auto classes see it
     from transformers import AutoImageProcessor, AutoProcessor
 
-    try:
+    try:  # the relative form names the file for save_pretrained; the try hides both from the remote-code check
         from .configuration_cadcoder import CadCoderConfig
     except ImportError:
         from configuration_cadcoder import CadCoderConfig

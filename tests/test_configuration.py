@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoConfig, CodeGenConfig, GPT2Config, TimmWrapperConfig
 
-from configuration_cadcoder import CODEGEN_350M_MONO_ARCH, CadCoderConfig
+from configuration_cadcoder import CODEGEN_350M_MONO_ARCH, CadCoderConfig, timm_vision_config
 
 
 def test_default_is_resnet18_gray_plus_codegen_350m():
@@ -76,3 +76,12 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_invalid_values_raise_with_a_fix(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CadCoderConfig(**kwargs)
+
+
+def test_timm_vision_config_is_the_default_encoder():
+    default = CadCoderConfig().vision_config
+    assert TimmWrapperConfig(**timm_vision_config()).to_dict() == default.to_dict()
+    custom = timm_vision_config("resnet10t", num_channels=3, model_args={"in_chans": 1, "drop_rate": 0.1})
+    assert custom["model_args"] == {"in_chans": 3, "drop_rate": 0.1}  # in_chans always follows num_channels
+    assert custom["num_labels"] == 0 and custom["do_pooling"] is False
+    assert CadCoderConfig(vision_config=custom, num_channels=3).vision_config.architecture == "resnet10t"

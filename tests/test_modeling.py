@@ -235,11 +235,11 @@ def test_save_load_bfloat16_and_attention_backends(make_tiny_cadcoder, sample_im
     assert ids.shape == (2, inputs["input_ids"].shape[1] + 4)
 
 
-def test_from_pretrained_components_adapts_rgb_stem(tmp_path, tiny_tokenizer, sample_images, sample_programs):
+def test_build_from_pretrained_components_adapts_rgb_stem(tmp_path, tiny_tokenizer, sample_images, sample_programs):
     """Build from a local timm checkpoint (3-channel stem) and a local tiny CodeGen, as the Hub ids would."""
     from transformers import AutoModelForCausalLM, TimmWrapperConfig, TimmWrapperModel
 
-    from cadcoder.factory import text_config_for
+    from cadcoder.factory import build_from_pretrained_components, text_config_for
 
     torch.manual_seed(0)
     vision_dir, text_dir = tmp_path / "vision", tmp_path / "text"
@@ -252,7 +252,7 @@ def test_from_pretrained_components_adapts_rgb_stem(tmp_path, tiny_tokenizer, sa
     from cadcoder.tokenizer import train_code_tokenizer
 
     fresh_tokenizer = train_code_tokenizer(sample_programs * 5, vocab_size=len(tokenizer) - 1)
-    model = CadCoderForConditionalGeneration.from_pretrained_components(
+    model = build_from_pretrained_components(
         vision=vision_dir, text=str(text_dir), tokenizer=fresh_tokenizer, image_size=64, visual_tokens="grid"
     )
     tensors = list(model.parameters()) + list(model.buffers())
@@ -275,7 +275,7 @@ def test_from_pretrained_components_adapts_rgb_stem(tmp_path, tiny_tokenizer, sa
     from timm.models import save_for_hf
 
     save_for_hf(rgb.timm_model, tmp_path / "timm_native", safe_serialization=True)
-    bf16 = CadCoderForConditionalGeneration.from_pretrained_components(
+    bf16 = build_from_pretrained_components(
         vision=tmp_path / "timm_native", text=text_dir, image_size=64, dtype=torch.bfloat16
     )
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.tokenization_utils_base import TruncationStrategy
+from transformers.utils import PaddingStrategy, TensorType
 
 from processing_cadcoder import GRAY_MEAN, GRAY_STD, CadCoderImageProcessor, CadCoderProcessor, post_process_program
 
@@ -128,8 +130,123 @@ def test_processor_errors(processor, sample_images, sample_programs):
         processor(images=[], text=[])
     with pytest.raises(ValueError, match="no images"):
         processor(images=None, text=sample_programs[:1])
-    with pytest.raises(ValueError, match="unexpected"):
-        processor(images=sample_images[:1], padding_side="left")
+    with pytest.raises(ValueError, match="unexpected argument.*pad_to_multiple_of.*it accepts images"):
+        processor(images=sample_images[:1], pad_to_multiple_of=8)
+
+
+# ------------------------------------------------------------------------- HF-style processor arguments
+@pytest.mark.parametrize("padding", [None, True, "longest", PaddingStrategy.LONGEST])
+def test_padding_longest_is_the_default_training_batch(processor, sample_images, sample_programs, padding):
+    programs = [sample_programs[0], sample_programs[1][:40]]
+    reference = processor(images=sample_images[:2], text=programs)
+    batch = processor(images=sample_images[:2], text=programs, padding=padding)
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+        torch.testing.assert_close(batch[key], reference[key])
+
+
+def test_padding_max_length_pads_right_for_training_and_left_for_generation(processor, sample_images,
+                                                                            sample_programs):  # fmt: skip
+    programs = [sample_programs[0][:30], sample_programs[1][:40]]
+    longest = processor(images=sample_images[:2], text=programs)
+    width = longest["input_ids"].shape[1] + 7
+    batch = processor(images=sample_images[:2], text=programs, padding="max_length", max_length=width)
+    assert batch["input_ids"].shape == (2, width)
+    n = longest["input_ids"].shape[1]
+    torch.testing.assert_close(batch["input_ids"][:, :n], longest["input_ids"])
+    torch.testing.assert_close(batch["labels"][:, :n], longest["labels"])
+    assert not batch["attention_mask"][:, n:].any() and (batch["labels"][:, n:] == -100).all()
+    prompt = processor(images=sample_images[:2], padding=True, padding_side="left")
+    assert prompt["input_ids"].tolist() == [processor.prompt_ids()] * 2
+    padded = processor(images=sample_images[:2], padding="max_length", max_length=8)
+    assert padded["input_ids"].shape == (2, 8)
+    assert padded["attention_mask"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]] * 2  # left padded
+    assert padded["input_ids"][0, 3:].tolist() == processor.prompt_ids()
+
+
+def test_padding_false_gives_unpadded_rows(processor, sample_images, sample_programs):
+    programs = [sample_programs[0][:30], sample_programs[1][:40]]
+    padded = processor(images=sample_images[:2], text=programs, return_tensors=None)
+    rows = processor(images=sample_images[:2], text=programs, padding=False, return_tensors=None)
+    lengths = [len(row) for row in rows["input_ids"]]
+    assert lengths[0] != lengths[1] and rows["attention_mask"] == [[1] * n for n in lengths]
+    for i, n in enumerate(lengths):
+        assert rows["input_ids"][i] == padded["input_ids"][i, :n].tolist()
+        assert rows["labels"][i] == padded["labels"][i, :n].tolist()
+    same = processor(images=sample_images[:2], padding="do_not_pad")  # generation prompts: equal lengths
+    assert same["input_ids"].shape == (2, 5)
+    with pytest.raises(ValueError, match="padding=True, or return_tensors=None"):
+        processor(images=sample_images[:2], text=programs, padding=False)
+
+
+def test_truncation_arguments(processor, sample_images, sample_programs):
+    program = sample_programs[:1]
+    full = processor(images=sample_images[:1], text=program)["input_ids"]
+    for truncation in (True, "longest_first", "only_first", TruncationStrategy.LONGEST_FIRST):
+        cut = processor(images=sample_images[:1], text=program, truncation=truncation, max_length=12)["input_ids"]
+        torch.testing.assert_close(cut, full[:, :12])
+    for truncation in (False, "do_not_truncate"):
+        kept = processor(images=sample_images[:1], text=program, truncation=truncation, max_length=12)["input_ids"]
+        torch.testing.assert_close(kept, full)  # max_length does not cut without truncation
+    processor.tokenizer.model_max_length = 20
+    assert processor(images=sample_images[:1], text=program, truncation=True)["input_ids"].shape == (1, 20)
+    assert processor(images=sample_images[:1], text=program)["input_ids"].shape == full.shape  # None: no cut
+    prompt = processor(images=sample_images[:1], truncation=True, max_length=5)  # the prompt is never cut
+    assert prompt["input_ids"].tolist() == [processor.prompt_ids()]
+
+
+@pytest.mark.parametrize("return_tensors", ["np", TensorType.NUMPY, None])
+def test_return_tensors_numpy_and_none(processor, sample_images, sample_programs, return_tensors):
+    batch = processor(images=sample_images[:2], text=sample_programs[:2], return_tensors=return_tensors)
+    reference = processor(images=sample_images[:2], text=sample_programs[:2], return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values"):
+        assert isinstance(batch[key], np.ndarray)
+        np.testing.assert_array_equal(batch[key], reference[key].numpy())
+    assert isinstance(processor(images=sample_images[:1], return_tensors=TensorType.PYTORCH)["input_ids"], torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"return_tensors": "tf"}, "return_tensors='tf'.*pass 'pt'.*'np'.*None"),
+        ({"return_tensors": "jax"}, "return_tensors='jax'.*pass 'pt'"),
+        ({"return_tensors": TensorType.MLX}, "return_tensors='mlx'.*pass 'pt'"),
+        ({"padding": "middle"}, "padding='middle'.*pass True, 'longest', 'max_length' or False"),
+        ({"padding": "max_length"}, "padding='max_length' needs max_length"),
+        ({"padding": "max_length", "max_length": 12, "truncation": False}, "truncation=True.*larger max_length"),
+        ({"truncation": "only_second", "max_length": 12}, "one sequence.*truncation=True or False"),
+        ({"truncation": True, "max_length": 5}, "no room for the program.*max_length > 5"),
+        ({"padding_side": "left"}, "right padded.*padding_side='right'"),
+        ({"padding_side": "center"}, "padding_side='center'.*'left' or 'right'"),
+    ],
+)
+def test_training_arguments_it_cannot_honour_raise_with_the_fix(processor, sample_images, sample_programs, kwargs,
+                                                                message):  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        processor(images=sample_images[:1], text=sample_programs[:1], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"padding_side": "right"}, "left padded.*generate.*padding_side='left'"),
+        ({"max_length": 3}, "shorter than the 5-token generation prompt.*max_length >= 5"),
+        ({"return_tensors": "tf"}, "pass 'pt'"),
+    ],
+)
+def test_generation_arguments_it_cannot_honour_raise_with_the_fix(processor, sample_images, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        processor(images=sample_images[:1], **kwargs)
+
+
+def test_truncation_without_any_length_names_max_length(processor, sample_images, sample_programs):
+    processor.tokenizer.model_max_length = int(1e30)  # what tokenizers report when they know no limit
+    with pytest.raises(ValueError, match="pass max_length"):
+        processor(images=sample_images[:1], text=sample_programs[:1], truncation=True)
+
+
+def test_image_processor_refuses_other_frameworks(image_processor):
+    with pytest.raises(ValueError, match="pass 'pt'"):
+        image_processor(np.zeros((8, 8), dtype=np.uint8), return_tensors="tf")
 
 
 def test_image_token_is_added_when_missing(code_corpus):
