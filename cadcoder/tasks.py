@@ -14,7 +14,7 @@ from typing import Any, Union
 TaskRef = Union[str, Callable[..., Any]]
 """A task as a function object or as its ``"package.module:function"`` name."""
 
-DESCRIBE_SHAPE = "cadcoder.sandbox:describe_shape"
+DESCRIBE_SHAPE = "cadcoder.sandbox_program:describe_shape"
 """Volume, bounding box and solid count of the shape (the default task)."""
 REFERENCE = "cadcoder.geometry:reference_task"
 """A reference solid's BREP and normalisation, scored against later by :data:`SCORE`."""

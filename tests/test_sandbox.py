@@ -207,3 +207,25 @@ def test_borrow_or_open_leaves_a_borrowed_sandbox_open(sandbox):
     with borrow_or_open(None, num_workers=1, timeout=5) as opened:
         assert opened is not sandbox
     assert opened._closed
+
+
+def test_map_raises_when_a_worker_cannot_start():
+    """A worker that fails to start is an error of map, as it is of run, not a missing result."""
+    with Sandbox(num_workers=1, timeout=TIMEOUT, start_timeout=0.001) as sb:
+        with pytest.raises(RuntimeError, match="did not start"):
+            sb.run(BENIGN)
+        with pytest.raises(RuntimeError, match="did not start"):
+            sb.map([BENIGN, BENIGN])
+
+
+def test_worker_entry_point_and_public_names():
+    """The zygote's entry point imports in a fresh interpreter; the public names stay in cadcoder.sandbox."""
+    import subprocess
+
+    import cadcoder.sandbox as sandbox_module
+    from cadcoder.sandbox import _ZYGOTE_COMMAND
+
+    probe = _ZYGOTE_COMMAND.split(";")[0] + "; import sys; assert 'cadquery' not in sys.modules"
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
+    for name in ("ALLOWED_IMPORTS", "FORBIDDEN_CALLS", "FORBIDDEN_NAMES", "RESULT_NAMES", "describe_shape"):
+        assert name in sandbox_module.__all__ and getattr(sandbox_module, name) is not None
