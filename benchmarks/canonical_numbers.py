@@ -1,4 +1,4 @@
-"""Canonical number format: token savings and IoU cost (issue 4).
+"""Canonical number format: token savings and IoU cost of writing numbers with fewer digits.
 
 For each number of decimals, every program of a synthetic corpus is rewritten with
 cadcoder.data.canonicalize_numbers and compared with the original:
@@ -23,6 +23,7 @@ from cadcoder.synth import generate_program, sample_seed
 
 
 def main() -> None:
+    """Print token savings and IoU cost for each canonical-number setting."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num", type=int, default=60, help="programs scored for IoU")
     ap.add_argument("--token-corpus", type=int, default=2000, help="programs for token statistics")

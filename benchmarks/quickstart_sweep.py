@@ -27,17 +27,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from common import REPO  # benchmarks/common.py, beside this script
+from cadcoder.provenance import machine_summary
+from cadcoder.quickstart_variants import CONFIG, run_variants
 
-CONFIG = "configs/quickstart.json"
 OLD = ["--curriculum", "true", "--curriculum_start", "0.3", "--curriculum_ramp", "0.5", "--warmup_steps", "20",
        "--train_sampling_strategy", "random"]  # the quickstart recipe before this sweep
 NEW = ["--curriculum", "false", "--warmup_steps", "100"]
@@ -77,35 +74,6 @@ GRIDS = {
                "lr1_nocur_warm100", "lr1_nocur_warm100_seed1", "lr1_nocur_warm100_seed2", "lr1_nocur_warm200",
                "lr1_nocur_warm100_1500"],
 }
-
-
-def train_command(name: str, out_dir: Path, workers: int,
-                  variants: dict[str, tuple[int, int, list[str]]] = VARIANTS) -> list[str]:
-    """The train.py command line of one variant of `variants` (name -> (max_steps, eval_every, overrides))."""
-    steps, every, overrides = variants[name]
-    return [sys.executable, "train.py", CONFIG, "--output_dir", str(out_dir / name), "--max_steps", str(steps),
-            "--eval_steps", str(every), "--logging_steps", str(every), "--save_strategy", "no",
-            "--load_best_model_at_end", "false", "--metric_for_best_model", "loss", "--generate_eval_samples", "0",
-            "--test_samples", "0", "--report_to", "none", "--dataloader_num_workers", str(workers), *overrides]
-
-
-def run_variants(names: list[str], out_dir: Path, parallel: int, workers: int,
-                 variants: dict[str, tuple[int, int, list[str]]] = VARIANTS) -> None:
-    """Train the variants, `parallel` at a time; each one's log goes to <out>/<name>.log."""
-    pending = list(names)
-    running: dict[str, subprocess.Popen] = {}
-    started = time.perf_counter()
-    while pending or running:
-        while pending and len(running) < parallel:
-            name = pending.pop(0)
-            log = open(out_dir / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
-            running[name] = subprocess.Popen(train_command(name, out_dir, workers, variants), cwd=REPO, stdout=log,
-                                             stderr=subprocess.STDOUT)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                print(f"[sweep] {name}: exit {proc.returncode} after {time.perf_counter() - started:.0f} s", flush=True)
-                del running[name]
-        time.sleep(2)
 
 
 def load_test(test_samples: int) -> tuple[list[Any], list[str]]:
@@ -184,7 +152,7 @@ def main() -> None:
         names = args.variants or GRIDS[args.grid or "steps"]
         out = args.out
         out.mkdir(parents=True, exist_ok=True)
-        run_variants(names, out, args.parallel, args.workers)
+        run_variants(names, out, args.parallel, args.workers, VARIANTS)
         images, references = load_test(args.test_samples)
         records = []
         for name in names:
@@ -203,8 +171,6 @@ def main() -> None:
     else:
         print("[sweep] CadQuery is not installed: predictions saved; score them with --score-only on a machine "
               "that has it", flush=True)
-    from cadcoder.provenance import machine_summary
-
     text = f"# quickstart sweep\n\n{machine_summary()}\n\n{table(records)}\n"
     (out / "results.md").write_text(text)
     print(text)

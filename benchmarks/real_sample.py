@@ -40,46 +40,24 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
-from collections import Counter
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import common  # benchmarks/common.py, beside this script
+from cadcoder import tasks
+from cadcoder.corpus_gaps import CORPUS_LEVELS, corpus_gaps, token_lengths
+from cadcoder.provenance import machine_summary
+from cadcoder.real_sample import load_sample, write_sheet
+from cadcoder.sandbox import Sandbox
+from cadcoder.transfer import DEFAULT_MODEL, score_transfer
 
-from cadcoder.provenance import git_commit, machine_summary  # noqa: E402
-
-DEFAULT_SAMPLE = Path(os.environ.get("CADCODER_GENCAD_SAMPLE", REPO.parent / "shared" / "gencad_sample"))
-
-# Goals of the renderer-fidelity part (issue 8).
+#: Goals of the renderer-fidelity part: the renders must match the real images this closely on average.
 FIDELITY_GOALS = {"silhouette_iou": (">=", 0.90), "edge_f1": (">=", 0.70), "face_colour_diff": ("<=", 10.0)}
-
-
-def load_sample(sample_dir: Path | str = DEFAULT_SAMPLE) -> List[Dict[str, Any]]:
-    """Read ``programs.jsonl`` of the real sample: records with ``deepcad_id``, ``cadquery``, ``image`` (PIL)."""
-    sample_dir = Path(sample_dir)
-    index = sample_dir / "programs.jsonl"
-    if not index.is_file():
-        raise FileNotFoundError(
-            f"{index} not found; pass --sample DIR pointing at the gencad_sample folder "
-            "(programs.jsonl + images/) or set CADCODER_GENCAD_SAMPLE"
-        )
-    records = []
-    with index.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rec = json.loads(line)
-                rec["image"] = Image.open(sample_dir / rec["image"]).convert("RGB")
-                records.append(rec)
-    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,14 +66,12 @@ def load_sample(sample_dir: Path | str = DEFAULT_SAMPLE) -> List[Dict[str, Any]]
 def renderer_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
     """Render every ground-truth program at the dataset framing and compare with the real image."""
     from cadcoder.image_metrics import compare_images
-    from cadcoder.render import render_task
-    from cadcoder.sandbox import Sandbox
 
     size = records[0]["image"].width
     codes = [r["cadquery"] for r in records]
     t0 = time.perf_counter()
     with Sandbox(num_workers=args.workers, timeout=args.timeout) as sandbox:
-        results = sandbox.map(codes, task=render_task, progress=True, size=size)
+        results = sandbox.map(codes, task=tasks.RENDER, progress=True, size=size)
     wall = time.perf_counter() - t0
 
     rows, pairs = [], []
@@ -124,8 +100,7 @@ def renderer_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespac
     summary["per_image"] = rows
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fidelity.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    common.write_report(out, "fidelity", summary)
     if pairs:
         write_sheet(pairs, out / "fidelity_sheet.png")
 
@@ -145,97 +120,9 @@ def renderer_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespac
     return summary
 
 
-def write_sheet(pairs: Sequence[tuple], path: Path, columns: int = 3, cell: int = 224,
-                labels: tuple[str, str] = ("real", "ours")) -> None:
-    """Grid of (real | ours) pairs, each labelled with its id and, when its row is given, silhouette IoU / edge F1."""
-    from cadcoder.render import side_by_side
-
-    tiles = []
-    for deepcad_id, real, ours, row in pairs:
-        scores = f" IoU {row['silhouette_iou']:.3f} F1 {row['edge_f1']:.2f}" if row else ""
-        tile = side_by_side(
-            real.resize((cell, cell), Image.BILINEAR),
-            ours.resize((cell, cell), Image.BILINEAR),
-            labels=(f"{labels[0]} {deepcad_id}", f"{labels[1]}{scores}"),
-        )
-        tiles.append(tile)
-    tw, th = tiles[0].size
-    rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * (tw + 12), rows * (th + 12)), (255, 255, 255))
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % columns) * (tw + 12), (i // columns) * (th + 12)))
-    sheet.save(path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Part 2: corpus fidelity
 # --------------------------------------------------------------------------------------------------
-#: Generator levels of the default synthetic corpus: the even mix the quickstart trains on.
-CORPUS_LEVELS = (0, 1, 2, 3)
-
-
-def histogram_distance(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
-    """Total-variation distance between two histograms (counts or shares, each normalised to sum 1).
-
-    0 means the same distribution, 1 means disjoint supports.
-
-    Raises:
-        ValueError: a histogram is empty or sums to zero.
-    """
-    tp, tq = float(sum(p.values())), float(sum(q.values()))
-    if tp <= 0 or tq <= 0:
-        raise ValueError("histogram_distance needs two non-empty histograms with positive totals")
-    return 0.5 * sum(abs(p.get(k, 0) / tp - q.get(k, 0) / tq) for k in set(p) | set(q))
-
-
-def corpus_gaps(real: Mapping[str, Any], synthetic: Mapping[str, Any]) -> Dict[str, Any]:
-    """Where a synthetic corpus differs from the real one, from two :func:`cadcoder.corpus_stats.corpus_stats` results.
-
-    Returns:
-        ``tv_*``: total-variation distances (0 = identical) of the sketches-per-model, loops-per-model,
-        plane-normal, loop-kind and boolean-operation histograms; ``*_diff``: synthetic minus real for the
-        share of programs using each curve / boolean operation, the on-grid shares and the long-float
-        share; ``mean_diff``: synthetic minus real means of characters, tokens, sketches and loops.
-    """
-
-    def tv(key: str) -> float | None:
-        a, b = real[key], synthetic[key]
-        return round(histogram_distance(a, b), 4) if sum(a.values()) > 0 and sum(b.values()) > 0 else None
-
-    def diff(key: str) -> Dict[str, float]:
-        return {k: round(synthetic[key].get(k, 0.0) - v, 4) for k, v in real[key].items()}
-
-    return {
-        **{f"tv_{key}": tv(key) for key in ("sketches_hist", "loops_hist", "normals", "loop_kinds", "booleans")},
-        "op_program_share_diff": diff("op_program_share"),
-        "boolean_program_share_diff": diff("boolean_program_share"),
-        "grid_share_diff": diff("grid_share"),
-        "long_repr_share_diff": round(synthetic["long_repr_share"] - real["long_repr_share"], 4),
-        "mean_diff": {k: round(synthetic[k]["mean"] - real[k]["mean"], 3) for k in ("chars", "tokens", "sketches", "loops")},
-    }
-
-
-def token_lengths(programs: Sequence[str], tokenizer: Any, decimals: int, max_length: int) -> Dict[str, Any]:
-    """Token counts of programs as written and after :func:`cadcoder.data.canonicalize_numbers` (training form).
-
-    Returns:
-        ``raw`` and ``canonical`` summaries (mean, median, p95, max) and ``over_max_length``, the share of
-        programs whose canonical form is longer than ``max_length`` tokens (a model trained with that limit
-        never saw a program that long).
-    """
-    from cadcoder.data import canonicalize_numbers
-
-    def describe(lengths: List[int]) -> Dict[str, float]:
-        a = np.asarray(lengths, dtype=float)
-        return {"mean": round(float(a.mean()), 1), "median": float(np.median(a)),
-                "p95": round(float(np.percentile(a, 95)), 1), "max": float(a.max())}
-
-    raw = [len(tokenizer(c)["input_ids"]) for c in programs]
-    canon = [len(tokenizer(canonicalize_numbers(c, decimals=decimals))["input_ids"]) for c in programs]
-    return {"raw": describe(raw), "canonical": describe(canon), "canonical_decimals": decimals,
-            "max_length": max_length, "over_max_length": round(sum(n > max_length for n in canon) / len(canon), 4)}
-
-
 def _corpus_tokenizer(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The tokenizer for token lengths: ``--tokenizer``, else the first ``--model`` folder's, else none."""
     candidates = [args.tokenizer] if args.tokenizer else list(args.model or [DEFAULT_MODEL])
@@ -252,7 +139,7 @@ def _corpus_tokenizer(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def corpus_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
     """Compare the synthetic corpus with the real programs (text statistics only; nothing is executed)."""
-    from cadcoder.corpus_stats import GENCAD_FIGURES, corpus_stats, format_comparison
+    from cadcoder.corpus_stats import GENCAD_FIGURES, corpus_stats
     from cadcoder.synth import generate_program, sample_seed
 
     t0 = time.perf_counter()
@@ -279,9 +166,17 @@ def corpus_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespace)
                "token_lengths": lengths, "gencad_figures": GENCAD_FIGURES, "seconds": round(time.perf_counter() - t0, 2),
                "settings": {"levels": levels, "per_level": args.corpus_num, "seed": args.seed, "dataset": args.corpus_dataset}}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    common.write_report(out, "corpus", summary)
+    _print_corpus_report(summary, tok_source, args)
+    print(f"wrote {out / 'corpus.json'} ({summary['seconds']:.1f} s)")
+    return summary
 
+
+def _print_corpus_report(summary: Dict[str, Any], tok_source: str | None, args: argparse.Namespace) -> None:
+    """The corpus part's printed report: statistics side by side, histograms, gaps and token lengths."""
+    from cadcoder.corpus_stats import format_comparison
+
+    columns, gaps, lengths = summary["columns"], summary["gaps"], summary["token_lengths"]
     print(f"\n== Part 2: corpus fidelity (token counts: {summary['tokenizer']}) ==")
     print(format_comparison(columns))
     for title, key in (("plane normals (share of sketch planes)", "normals"), ("sketches per model", "sketches_hist"),
@@ -303,242 +198,29 @@ def corpus_fidelity(records: Sequence[Dict[str, Any]], args: argparse.Namespace)
             print(f"  {name:24s} raw mean {t['raw']['mean']:.0f} p95 {t['raw']['p95']:.0f} max {t['raw']['max']:.0f} | "
                   f"canonical mean {t['canonical']['mean']:.0f} p95 {t['canonical']['p95']:.0f} max {t['canonical']['max']:.0f} | "
                   f"> {args.max_length} tokens: {t['over_max_length']:.2f}")
-    print(f"wrote {out / 'corpus.json'} ({summary['seconds']:.1f} s)")
-    return summary
 
 
 # --------------------------------------------------------------------------------------------------
 # Part 3: synthetic-to-real transfer
 # --------------------------------------------------------------------------------------------------
-#: The model trained on synthetic data only by ``python train.py configs/quickstart.json``.
-DEFAULT_MODEL = "outputs/quickstart"
-#: Goals of the transfer part (issue 8) for a model trained on synthetic data only.
-TRANSFER_GOALS = {"valid_syntax_rate": 0.90, "iou_mean_all": 0.30}
-_ROW_KEYS = ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all", "iou_chance", "distinct_predictions")
-
-
-def _scores(report: Dict[str, Any]) -> Dict[str, Any]:
-    """The headline numbers of an :func:`cadcoder.evaluation.evaluate_programs` report."""
-    row = {k: report.get(k) for k in _ROW_KEYS}
-    row["failures"] = {k: v for k, v in report["failures"].items() if v}
-    row["reference_failures"] = report["reference_failures"]["count"]
-    return row
-
-
-def transfer_baselines(references: Sequence[str], sandbox: Any, protocol: str = "aligned",
-                       cache_path: str | os.PathLike | None = None, progress: bool = True) -> Dict[str, Any]:
-    """Constant-program score and chance level on ``references``: the floor any model number needs beside it.
-
-    Returns:
-        ``constant`` (the scores of :func:`cadcoder.evaluation.constant_program_baseline` with its default
-        program, plus ``program``) and ``iou_chance`` (each reference scored against another one).
-    """
-    from cadcoder.evaluation import DEFAULT_CONSTANT_PROGRAM, constant_program_baseline
-
-    report = constant_program_baseline(list(references), protocol=protocol, with_chance=True, sandbox=sandbox,
-                                       cache_path=cache_path, progress=progress)  # fmt: skip
-    return {"constant": {**_scores(report), "program": DEFAULT_CONSTANT_PROGRAM},
-            "iou_chance": report.get("iou_chance"), "iou_chance_pairs": report.get("iou_chance_pairs")}
-
-
-def transfer_runs(model: Any, processor: Any, images: Sequence[Image.Image], references: Sequence[str],
-                  strategies: Sequence[str], num_candidates: int, sandbox: Any, *, ids: Sequence[str] | None = None,
-                  protocol: str = "aligned", seed: int = 0, batch_size: int = 8, max_new_tokens: int | None = None,
-                  cache_path: str | os.PathLike | None = None, progress: bool = True) -> List[Dict[str, Any]]:
-    """Run one model on ``images`` with each inference strategy and score the chosen programs.
-
-    Every strategy goes through :func:`cadcoder.inference.generate_cad` (greedy ignores ``num_candidates``)
-    and :func:`cadcoder.evaluation.evaluate_programs` with ``with_chance=True``.
-
-    Returns:
-        One row per strategy: ``strategy``, ``num_candidates``, the scores (``valid_syntax_rate``,
-        ``iou_mean``, ``iou_median``, ``iou_mean_all``, ``iou_chance``, ``distinct_predictions``,
-        ``failures``), ``candidate_statuses`` (every candidate's status, summed), ``candidates_valid_share``,
-        ``seconds_per_image`` (generation + execution + selection, wall clock) and ``per_image`` details.
-    """
-    from cadcoder.evaluation import evaluate_programs
-    from cadcoder.inference import generate_cad
-
-    ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
-    rows = []
-    for strategy in strategies:
-        k = 1 if strategy == "greedy" else int(num_candidates)
-        t0 = time.perf_counter()
-        preds = generate_cad(model, processor, list(images), num_candidates=k, strategy=strategy, seed=seed,
-                             batch_size=batch_size, max_new_tokens=max_new_tokens, sandbox=sandbox, export=False,
-                             progress=progress)  # fmt: skip
-        gen_wall = time.perf_counter() - t0
-        report = evaluate_programs([p.program for p in preds], list(references), protocol=protocol, with_chance=True,
-                                   sandbox=sandbox, cache_path=cache_path, progress=False)  # fmt: skip
-        cand_status: Counter = Counter(c.status for p in preds for c in p.candidates)
-        n_cand = sum(cand_status.values())
-        rows.append({
-            "strategy": strategy, "num_candidates": k, **_scores(report),
-            "candidate_statuses": dict(cand_status.most_common()),
-            "candidates_valid_share": round(cand_status.get("ok", 0) / n_cand, 4) if n_cand else None,
-            "seconds_per_image": round(gen_wall / len(preds), 3),
-            "per_image": [
-                {"deepcad_id": i, "status": s, "iou": iou, "selected_status": p.status, "score": p.score,
-                 "candidates": len(p.candidates), "valid_candidates": sum(c.ok for c in p.candidates),
-                 "program": p.program}
-                for i, p, s, iou in zip(ids, preds, report["statuses"], report["ious"])
-            ],
-        })  # fmt: skip
-        if progress:  # one line per strategy as it finishes, so a long run shows its numbers early
-            r = rows[-1]
-            print(f"  {strategy}: VSR {_fmt(r['valid_syntax_rate'], 2)}, iou_mean {_fmt(r['iou_mean'])}, "
-                  f"iou_mean_all {_fmt(r['iou_mean_all'])}, distinct {_fmt(r['distinct_predictions'], 2)}, "
-                  f"failures {r['failures'] or 'none'}, {r['seconds_per_image']:.2f} s/image", flush=True)
-    return rows
-
-
-def _model_facts(model: Any, folder: str) -> Dict[str, Any]:
-    """Size and training facts of a model folder (parameters, and train.py's test metrics when present)."""
-    facts: Dict[str, Any] = {"path": folder, "parameters": int(sum(p.numel() for p in model.parameters()))}
-    test = Path(folder) / "test_results.json"
-    if test.is_file():
-        res = json.loads(test.read_text())
-        facts["synthetic_test"] = {k: res.get(k) for k in ("test_iou_mean_all", "test_valid_syntax_rate",
-                                                            "test_distinct_predictions", "test_samples")}  # fmt: skip
-    return facts
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
-
-
-def transfer_table(summary: Dict[str, Any]) -> str:
-    """Markdown table of the transfer part: one row per (model, strategy), then the baselines."""
-    lines = ["| model | strategy | cands | VSR | iou_mean | iou_mean_all | distinct | cand. valid | failures | s / image |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
-    for m in summary["models"]:
-        for r in m["rows"]:
-            fails = ", ".join(f"{k} {v}" for k, v in r["failures"].items()) or "none"
-            lines.append(f"| {m['path']} | {r['strategy']} | {r['num_candidates']} | {_fmt(r['valid_syntax_rate'], 2)} | "
-                         f"{_fmt(r['iou_mean'])} | {_fmt(r['iou_mean_all'])} | {_fmt(r['distinct_predictions'], 2)} | "
-                         f"{_fmt(r['candidates_valid_share'], 2)} | {fails} | {r['seconds_per_image']:.2f} |")
-    c = summary["baselines"]["constant"]
-    lines.append(f"| constant program (baseline) | - | 1 | {_fmt(c['valid_syntax_rate'], 2)} | {_fmt(c['iou_mean'])} | "
-                 f"{_fmt(c['iou_mean_all'])} | {_fmt(c['distinct_predictions'], 2)} | - | - | - |")
-    lines.append(f"| chance (reference vs another reference) | - | - | - | {_fmt(summary['baselines']['iou_chance'])} | - | - | - | - | - |")
-    notes = []
-    for m in summary["models"]:
-        syn = m.get("synthetic_test")
-        if syn and syn.get("test_iou_mean_all") is not None:
-            notes.append(f"- {m['path']} ({m['parameters'] / 1e6:.1f}M parameters) on its own synthetic test split "
-                         f"({syn.get('test_samples')} parts, from train.py): iou_mean_all {_fmt(syn['test_iou_mean_all'])}, "
-                         f"VSR {_fmt(syn.get('test_valid_syntax_rate'), 2)}, distinct {_fmt(syn.get('test_distinct_predictions'), 2)}")
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def jittered_inputs(records: Sequence[Dict[str, Any]], sandbox: Any, seed: int = 0) -> List[Image.Image]:
-    """The real programs rendered with :meth:`cadcoder.render.RenderStyle.random` (image ``i`` from seed
-    ``[seed, i]``): another grey level, line width, camera direction, zoom and shift than the dataset's, at the
-    real images' size. A stand-in for renders that do not come from GenCAD-Code's own pipeline.
-
-    Raises:
-        RuntimeError: a program of the sample failed to render.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cadcoder.render import RenderStyle, render_task
-
-    size = records[0]["image"].width
-    styles = [RenderStyle.random(np.random.default_rng([seed, i])).to_dict() for i in range(len(records))]
-    with ThreadPoolExecutor(max(1, sandbox.num_workers)) as pool:
-        results = list(pool.map(lambda i: sandbox.run(records[i]["cadquery"], task=render_task, size=size, **styles[i]),
-                                range(len(records))))  # fmt: skip
-    failed = [(r["deepcad_id"], res.error) for r, res in zip(records, results) if not res.ok]
-    if failed:
-        raise RuntimeError(f"{len(failed)} sample programs failed to render, e.g. {failed[0]}")
-    return [Image.fromarray(np.asarray(res.value, dtype=np.uint8), mode="RGB") for res in results]
-
-
 def synthetic_to_real(records: Sequence[Dict[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
     """Run model(s) trained on synthetic data on the real images with each strategy; write transfer.json/.md.
 
-    With ``--input-style random`` the inputs are :func:`jittered_inputs` instead of the real images (the
-    references stay the real programs).
+    With ``--input-style random`` the inputs are :func:`cadcoder.real_sample.jittered_inputs` instead of the
+    real images (the references stay the real programs). See :func:`cadcoder.transfer.score_transfer`.
     """
     import torch
 
-    from cadcoder.inference import STRATEGIES, load_model
-    from cadcoder.sandbox import Sandbox
+    from cadcoder.transfer import check_transfer_request
 
-    strategies = args.strategies.split(",") if args.strategies else list(STRATEGIES)
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown:
-        raise ValueError(f"--strategies: unknown {unknown}; use a comma-separated subset of {','.join(STRATEGIES)}")
-    models = args.model or [DEFAULT_MODEL]
-    for folder in models:
-        if not (Path(folder) / "config.json").is_file():
-            raise FileNotFoundError(f"--model {folder}: no config.json there; train one first "
-                                    f"(python train.py configs/quickstart.json writes {DEFAULT_MODEL})")
+    strategies = args.strategies.split(",") if args.strategies else None
+    check_transfer_request(strategies, args.model)  # before torch threads change: a wrong flag fails first
     if args.threads:
         torch.set_num_threads(args.threads)
-    refs = [r["cadquery"] for r in records]
-    ids = [r["deepcad_id"] for r in records]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "transfer_cache.jsonl"  # finished pairs; a rerun with the same programs reuses them
-    t0 = time.perf_counter()
-    summary: Dict[str, Any] = {
-        "sample": f"{len(records)} real GenCAD-Code test pairs (measurement only)", "protocol": args.protocol,
-        "inputs": "the real images" if args.input_style == "dataset" else
-                  f"the real programs rendered with RenderStyle.random (seed {args.seed})",
-        "settings": {"strategies": strategies, "num_candidates": args.num_candidates, "seed": args.seed,
-                     "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "workers": args.workers,
-                     "timeout": args.timeout, "torch_threads": torch.get_num_threads()},
-        "machine": machine_summary(), "commit": _commit(), "goals": TRANSFER_GOALS, "models": [],
-    }  # fmt: skip
-    with Sandbox(num_workers=args.workers, timeout=args.timeout) as sandbox:
-        if args.input_style == "dataset":
-            images = [r["image"] for r in records]
-        else:
-            images = jittered_inputs(records, sandbox, args.seed)
-            write_sheet([(r["deepcad_id"], r["image"], im, None) for r, im in zip(records, images)],
-                        out / "inputs_sheet.png", labels=("real", "input"))
-        summary["baselines"] = transfer_baselines(refs, sandbox, protocol=args.protocol, cache_path=cache, progress=False)
-        for folder in models:
-            model, processor = load_model(folder, device="cpu")
-            facts = _model_facts(model, folder)
-            print(f"\nmodel {folder}: {facts['parameters'] / 1e6:.1f}M parameters; strategies {', '.join(strategies)}")
-            facts["rows"] = transfer_runs(model, processor, images, refs, strategies, args.num_candidates, sandbox,
-                                          ids=ids, protocol=args.protocol, seed=args.seed, batch_size=args.batch_size,
-                                          max_new_tokens=args.max_new_tokens, cache_path=cache, progress=True)  # fmt: skip
-            summary["models"].append(facts)
-            del model
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    base = summary["baselines"]
-    floor = max(base["constant"]["iou_mean_all"] or 0.0, base["iou_chance"] or 0.0)
-    for m in summary["models"]:
-        for r in m["rows"]:
-            r["margin_over_baselines"] = None if r["iou_mean_all"] is None else round(r["iou_mean_all"] - floor, 4)
-            r["goals_met"] = {k: bool(r[k] is not None and r[k] >= g) for k, g in TRANSFER_GOALS.items()}
-
-    table = transfer_table(summary)
-    (out / "transfer.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    header = (f"Synthetic-to-real transfer on {summary['sample']}, inputs: {summary['inputs']}, protocol {args.protocol}, "
-              f"commit {summary['commit']}, {summary['machine']}.\n\n")  # fmt: skip
-    (out / "transfer.md").write_text(header + table + "\n", encoding="utf-8")
-    print(f"\n== Part 3: synthetic-to-real transfer ({len(records)} real images, {summary['wall_seconds']:.0f} s wall) ==")
-    print(table)
-    print(f"goals: VSR >= {TRANSFER_GOALS['valid_syntax_rate']}, iou_mean_all >= {TRANSFER_GOALS['iou_mean_all']}; "
-          f"floor max(constant, chance) = {floor:.3f}")
-    for m in summary["models"]:
-        for r in m["rows"]:
-            met = " ".join(f"{k} {'MET' if v else 'NOT MET'}" for k, v in r["goals_met"].items())
-            print(f"  {m['path']} / {r['strategy']}: margin over the floor {_fmt(r['margin_over_baselines'])}; {met}")
-    print(f"wrote {out / 'transfer.json'} and {out / 'transfer.md'}")
-    return summary
-
-
-def _commit() -> str:
-    """The checkout's short commit (``+dirty`` when tracked files differ), or ``unknown`` outside git."""
-    info = git_commit(REPO)
-    if not info["commit"]:
-        return "unknown"
-    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
+    return score_transfer(records, args.model, args.out, strategies=strategies, num_candidates=args.num_candidates,
+                          seed=args.seed, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          protocol=args.protocol, input_style=args.input_style, workers=args.workers,
+                          timeout=args.timeout)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,10 +231,10 @@ PARTS: Dict[str, Callable[[Sequence[Dict[str, Any]], argparse.Namespace], Dict[s
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the selected parts and print their reports."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script: common settings, then one group per part."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sample", default=str(DEFAULT_SAMPLE), help="gencad_sample folder (programs.jsonl + images/)")
+    common.add_sample_argument(parser)
     parser.add_argument("--out", default="outputs/real_sample", help="output folder for JSON reports and PNG sheets")
     parser.add_argument("--part", action="append", choices=sorted(PARTS), help="part(s) to run (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="sandbox workers")
@@ -570,14 +252,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     transfer = parser.add_argument_group("transfer part")
     transfer.add_argument("--model", action="append", default=None,
                           help=f"model folder trained on synthetic data (repeatable: one table for several; default {DEFAULT_MODEL})")
-    transfer.add_argument("--num-candidates", type=int, default=8, help="candidates per image of first_valid / render_compare")
-    transfer.add_argument("--strategies", default=None, help="comma-separated subset of greedy,first_valid,render_compare (default: all)")
+    common.add_transfer_arguments(transfer)
     transfer.add_argument("--max-new-tokens", type=int, default=640, help="generation length cap (quickstart trains with max_length 640)")
     transfer.add_argument("--batch-size", type=int, default=8, help="images per generate call")
     transfer.add_argument("--protocol", default="aligned", choices=("aligned", "bbox", "mecagent"), help="IoU protocol")
-    transfer.add_argument("--input-style", default="dataset", choices=("dataset", "random"),
-                          help="'random': feed the real programs rendered with randomised look and camera instead of the real images")
     transfer.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected parts and print their reports."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_candidates < 1:
         parser.error("--num-candidates must be >= 1")

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cadcoder.data import CadCoderCollator  # noqa: E402
+from cadcoder.data import CadCoderCollator
+from cadcoder.provenance import cpu_model
 
 
 def _programs(n: int, seed: int, complexities: list[int], canonical: bool) -> list[str]:
+    """``n`` synthetic programs at the given complexity levels, in canonical-number form when asked."""
     from cadcoder.synth import generate_program
 
     rng = np.random.default_rng(seed)
@@ -41,6 +39,7 @@ def _programs(n: int, seed: int, complexities: list[int], canonical: bool) -> li
 
 
 def _build(args: argparse.Namespace, programs: list[str], image_size: int):
+    """A randomly initialised model and its processor, with a tokenizer trained on ``programs``."""
     from cadcoder.factory import build_tiny_cadcoder, full_size_text_config, build_cadcoder
     from cadcoder.tokenizer import train_code_tokenizer
 
@@ -74,6 +73,7 @@ def _time_collator(processor, programs: list[str], batch_size: int, repeats: int
 
 
 def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtype: str, device: str) -> dict:
+    """Time ``args.steps`` optimizer steps of one configuration; return its row of results."""
     torch.manual_seed(0)
     model, processor = _build(args, programs, image_size)
     model.to(device).train()
@@ -139,6 +139,7 @@ def run_one(args: argparse.Namespace, programs: list[str], image_size: int, dtyp
 
 
 def main() -> None:
+    """Run every image size x dtype configuration and print one JSON line each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
@@ -169,7 +170,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     programs = _programs(256, seed=0, complexities=args.complexities, canonical=not args.no_canonical)
     machine = (torch.cuda.get_device_name(0) if device.startswith("cuda") else
-               f"{platform.processor() or platform.machine()} CPU, {args.threads} threads")
+               f"{cpu_model()} CPU, {args.threads} threads")
     print(f"# train throughput on {machine}; torch {torch.__version__}; programs: synth complexities "
           f"{args.complexities}, {'full floats' if args.no_canonical else 'canonical numbers'}; "
           f"steps {args.steps} after {args.warmup} warm-up; AdamW; "

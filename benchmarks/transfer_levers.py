@@ -15,14 +15,15 @@ schedule and seed, and exactly one change against `base` (LEVERS below):
 - `larger_model`: a 6 x 384 CodeGen decoder instead of 4 x 256 (same encoder); the same steps by default, or
   `--larger-model-steps` fewer, to compare at base's CPU time.
 
-Each variant is trained by `benchmarks/quickstart_sweep.py`'s runner (checkpoints, in-training generation and the
+Each variant is trained by `cadcoder.quickstart_variants.run_variants` (checkpoints, in-training generation and the
 synthetic test pass off: they cost CPU time and the real sample is the test here), then run on the 34 real
-GenCAD-Code images with each inference strategy by `benchmarks/real_sample.py --part transfer` (protocol
+GenCAD-Code images with each inference strategy by `cadcoder.transfer.score_transfer`, as
+`benchmarks/real_sample.py --part transfer` does (protocol
 `aligned`, constant-program and chance baselines beside it). The real pairs are used for measurement only.
 
 A variant whose folder already holds a trained model (and, for its transfer, a `transfer.json`) is not redone,
 so an interrupted run resumes where it stopped, and a second call with `--input-style random` scores the same models
-on the real programs rendered with a randomised look and camera (`real_sample.jittered_inputs`), a stand-in for
+on the real programs rendered with a randomised look and camera (`cadcoder.real_sample.jittered_inputs`), a stand-in for
 renders that do not come from GenCAD-Code's pipeline. Each row carries its paired difference to `base` over the same
 images, with a 95% bootstrap interval. Outputs in `--out` (default `outputs/levers`): `<lever>/` (the model and
 `transfer/transfer.json`, or `transfer-random/`), `<lever>.log` (its training log), `levers.json` / `levers.md`
@@ -33,81 +34,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-BENCH = Path(__file__).resolve().parent
-for path in (REPO, BENCH):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import quickstart_sweep  # noqa: E402
-import real_sample  # noqa: E402
-from cadcoder.provenance import machine_summary  # noqa: E402
-
-#: lever -> (what changes against base, train.py overrides beyond the dataset)
-LEVERS: Dict[str, tuple[str, List[str]]] = {
-    "base": ("quickstart recipe, smaller synthetic set, dataset look", []),
-    "random_render": ("same programs, domain-randomised renders", ["--synth_render_style", "random"]),
-    "more_data": ("more synthetic pairs (base's are the first ones)", []),
-    "larger_model": ("6 x 384 CodeGen decoder instead of 4 x 256", ["--n_layer", "6", "--n_embd", "384", "--n_head", "6"]),
-}
-
-
-def lever_dataset(lever: str, data_dir: Path, base_num: int, data_factor: int) -> tuple[Path, int]:
-    """The synthetic set a lever trains on: its folder and its number of pairs."""
-    if lever == "random_render":
-        return data_dir / f"random-{base_num}", base_num
-    if lever == "more_data":
-        return data_dir / f"base-{base_num * data_factor}", base_num * data_factor
-    return data_dir / f"base-{base_num}", base_num
-
-
-def seed_from_smaller_set(small: Path, big: Path) -> None:
-    """Start a larger set's per-level work folders from a smaller finished set with the same settings.
-
-    `cadcoder.synth.build_synthetic_dataset` draws sample i from a seed of its own and resumes a work folder
-    whose settings match, so the larger set built from the copy is the one a fresh build would make.
-    """
-    src, dst = small.with_name(small.name + ".parts"), big.with_name(big.name + ".parts")
-    if src.is_dir() and not dst.exists() and not (big / "dataset_dict.json").exists():
-        shutil.copytree(src, dst)
-
-
-def lever_variants(levers: Sequence[str], data_dir: Path, base_num: int, data_factor: int, max_steps: int,
-                   larger_model_steps: int | None = None) -> Dict[str, tuple[int, int, List[str]]]:
-    """`quickstart_sweep`-style variants (max_steps, eval_every, overrides) of the chosen levers.
-
-    `larger_model_steps` (default `max_steps`) lets the larger decoder train for about base's CPU time instead
-    of base's steps: the comparison at a fixed budget.
-    """
-    variants = {}
-    for lever in levers:
-        folder, num = lever_dataset(lever, data_dir, base_num, data_factor)
-        steps = larger_model_steps if lever == "larger_model" and larger_model_steps else max_steps
-        variants[lever] = (steps, max(1, steps // 2),
-                           ["--dataset", str(folder), "--synth_num", str(num), *LEVERS[lever][1]])
-    return variants
-
-
-def trained(folder: Path) -> bool:
-    """Whether `folder` holds a finished train.py run (its trainer state is written after training)."""
-    return (folder / "trainer_state.json").is_file() and (folder / "config.json").is_file()
-
-
-def last_eval(folder: Path) -> Dict[str, Any]:
-    """Steps trained, last validation loss and image gain, and training seconds of a variant, from its trainer state."""
-    state = json.loads((folder / "trainer_state.json").read_text())
-    history = state["log_history"]
-    evals = [h for h in history if "eval_image_gain" in h]
-    train = next((h for h in reversed(history) if "train_runtime" in h), {})
-    last = evals[-1] if evals else {}
-    return {"steps": state.get("global_step"), "eval_loss": last.get("eval_loss"),
-            "eval_image_gain": last.get("eval_image_gain"), "train_seconds": train.get("train_runtime")}
+import common  # benchmarks/common.py, beside this script
+from cadcoder.provenance import machine_summary
+from cadcoder.quickstart_variants import (LEVERS, last_eval, lever_dataset, lever_variants, run_variants,
+                                          start_from_smaller_set, trained)
+from cadcoder.real_sample import load_sample
+from cadcoder.transfer import fmt, paired_difference, per_image_ious, score_transfer
 
 
 def transfer_dir(folder: Path, input_style: str) -> Path:
@@ -115,41 +52,17 @@ def transfer_dir(folder: Path, input_style: str) -> Path:
     return folder / ("transfer" if input_style == "dataset" else f"transfer-{input_style}")
 
 
-def transfer_args(folder: Path, args: argparse.Namespace) -> List[str]:
-    """The `benchmarks/real_sample.py` command line that scores one trained variant on the real sample."""
-    argv = ["--part", "transfer", "--model", str(folder), "--out", str(transfer_dir(folder, args.input_style)),
-            "--sample", args.sample, "--num-candidates", str(args.num_candidates), "--seed", str(args.seed),
-            "--workers", str(args.workers), "--input-style", args.input_style]
-    return argv + (["--strategies", args.strategies] if args.strategies else [])
-
-
-def per_image_ious(row: Dict[str, Any]) -> Dict[str, float]:
-    """IoU of each real image under one strategy row of `real_sample.transfer_runs`, failures counted as 0."""
-    return {p["deepcad_id"]: float(p["iou"] or 0.0) for p in row["per_image"]}
-
-
-def paired_difference(lever: Dict[str, float], base: Dict[str, float], resamples: int = 10000,
-                      seed: int = 0) -> Dict[str, float]:
-    """Mean per-image IoU difference (lever - base) over the images both scored, with a 95% bootstrap interval.
-
-    The images are resampled in pairs, so the interval reflects how much the difference depends on which
-    34 parts happen to be in the sample, not the (larger) spread of IoU between parts.
-    """
-    import numpy as np
-
-    ids = sorted(set(lever) & set(base))
-    if not ids:
-        raise ValueError("no image was scored for both the lever and base")
-    diffs = np.array([lever[i] - base[i] for i in ids])
-    means = np.random.default_rng(seed).choice(diffs, size=(resamples, diffs.size)).mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diffs.mean()), "low": float(low), "high": float(high), "images": len(ids)}
+def score_lever(folder: Path, records: List[Dict[str, Any]], args: argparse.Namespace) -> None:
+    """Score one trained variant on the real sample, as ``benchmarks/real_sample.py --part transfer`` would."""
+    strategies = args.strategies.split(",") if args.strategies else None
+    score_transfer(records, [str(folder)], transfer_dir(folder, args.input_style), strategies=strategies,
+                   num_candidates=args.num_candidates, seed=args.seed, workers=args.workers,
+                   input_style=args.input_style)
 
 
 def levers_table(rows: Sequence[Dict[str, Any]], transfers: Sequence[Dict[str, Any]]) -> str:
     """One markdown table: per lever and strategy the real-sample scores and the paired difference to `base`,
     then the baselines of the sample."""
-    fmt = real_sample._fmt
     base = next((t for row, t in zip(rows, transfers) if row["lever"] == "base"), None)
     base_rows = {r["strategy"]: per_image_ious(r) for r in base["models"][0]["rows"]} if base else {}
     lines = ["| lever | what changes | pairs | params | steps | train min | eval loss | image gain | strategy | VSR | "
@@ -177,8 +90,8 @@ def levers_table(rows: Sequence[Dict[str, Any]], transfers: Sequence[Dict[str, A
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train the chosen levers one after another, score each on the real sample, write one table."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps of every lever (batch 16)")
@@ -186,15 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="steps of larger_model (default --max-steps; fewer to match base's CPU time)")
     parser.add_argument("--base-num", type=int, default=2000, help="synthetic pairs of base (and random_render)")
     parser.add_argument("--data-factor", type=int, default=4, help="more_data trains on base-num x this many pairs")
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data" / "levers")
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "levers")
-    parser.add_argument("--sample", default=str(real_sample.DEFAULT_SAMPLE), help="gencad_sample folder")
-    parser.add_argument("--strategies", default=None, help="inference strategies (default: all)")
-    parser.add_argument("--num-candidates", type=int, default=8)
+    parser.add_argument("--data-dir", type=Path, default=common.REPO / "data" / "levers")
+    parser.add_argument("--out", type=Path, default=common.REPO / "outputs" / "levers")
+    common.add_sample_argument(parser)
+    common.add_transfer_arguments(parser)
     parser.add_argument("--workers", type=int, default=2, help="sandbox workers of the transfer scoring")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the transfer part")
-    parser.add_argument("--input-style", default="dataset", choices=("dataset", "random"),
-                        help="'random': score on the real programs rendered with randomised look and camera")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the chosen levers one after another, score each on the real sample, write one table."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.base_num < 100 or args.data_factor < 2:
         parser.error("--base-num must be >= 100 and --data-factor >= 2")
@@ -204,19 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args.larger_model_steps)
     sets = {lever: lever_dataset(lever, args.data_dir, args.base_num, args.data_factor) for lever in LEVERS}
     started = time.perf_counter()
-    rows, transfers = [], []
+    rows, transfers, records = [], [], None
     for lever in args.levers:
         folder = args.out / lever
         if not trained(folder):
             if lever == "more_data":
-                seed_from_smaller_set(sets["base"][0], sets[lever][0])
+                start_from_smaller_set(sets["base"][0], sets[lever][0])
             print(f"[levers] training {lever}: {' '.join(variants[lever][2])} ({variants[lever][0]} steps)", flush=True)
-            quickstart_sweep.run_variants([lever], args.out, parallel=1, workers=0, variants=variants)
+            run_variants([lever], args.out, parallel=1, workers=0, variants=variants)
             if not trained(folder):
                 raise RuntimeError(f"training {lever} failed; see {args.out / (lever + '.log')}")
         report = transfer_dir(folder, args.input_style) / "transfer.json"
         if not report.is_file():
-            real_sample.main(transfer_args(folder, args))
+            records = records or load_sample(args.sample)
+            score_lever(folder, records, args)
         transfers.append(json.loads(report.read_text()))
         rows.append({"lever": lever, "what": LEVERS[lever][0], "pairs": sets[lever][1], **last_eval(folder)})
         print(f"[levers] {lever} done after {time.perf_counter() - started:.0f} s", flush=True)
@@ -226,9 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (f"Transfer levers: batch 16, seed 0, scored on the 34 real GenCAD-Code test {inputs} "
               f"(`aligned`), commit {transfers[-1]['commit']}, {machine_summary()}.\n\n")
     name = "levers" if args.input_style == "dataset" else f"levers-{args.input_style}"
-    (args.out / f"{name}.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                      "levers": rows, "transfers": transfers}, indent=2, default=str))
-    (args.out / f"{name}.md").write_text(header + table + "\n")
+    common.write_report(args.out, name, {"settings": {k: str(v) for k, v in vars(args).items()}, "levers": rows,
+                                         "transfers": transfers}, markdown=header + table + "\n")
     print(header + table)
     return 0
 

@@ -63,3 +63,11 @@ def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
             return None
 
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def short_commit(repo: str | Path | None = None) -> str:
+    """The checkout's short commit (``+dirty`` when tracked files differ), or ``unknown`` outside git."""
+    info = git_commit(repo)
+    if not info["commit"]:
+        return "unknown"
+    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")

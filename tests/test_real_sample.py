@@ -1,4 +1,5 @@
-"""Tests of benchmarks/real_sample.py, parts 2 (corpus fidelity) and 3 (synthetic-to-real transfer).
+"""Tests of the real-sample measurements: corpus fidelity (cadcoder.corpus_gaps), synthetic-to-real transfer
+(cadcoder.transfer) and the jittered inputs (cadcoder.real_sample), plus benchmarks/real_sample.py run as a script.
 
 The real sample (``gencad_sample/``) is measurement data: these tests only check that the parts run on it
 and report consistent numbers; no threshold here is fitted to single images. The transfer test uses a tiny
@@ -7,23 +8,27 @@ random model on 2 images with the greedy strategy, so it checks the plumbing, no
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from cadcoder import corpus_gaps as cg
+from cadcoder import real_sample as rs
+from cadcoder.transfer import score_transfer
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("real_sample_benchmark", REPO / "benchmarks" / "real_sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_benchmark(argv: list[str]) -> int:
+    """Run ``benchmarks/real_sample.py`` in a fresh process, as a user would; return its exit status."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_sample.py"), *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    print(proc.stdout, proc.stderr, sep="\n")  # shown by pytest when an assertion fails
+    return proc.returncode
 
-
-rs = _load_benchmark()
 
 needs_sample = pytest.mark.skipif(
     not (rs.DEFAULT_SAMPLE / "programs.jsonl").is_file(),
@@ -32,11 +37,11 @@ needs_sample = pytest.mark.skipif(
 
 
 def test_histogram_distance_bounds_and_normalisation():
-    assert rs.histogram_distance({1: 3, 2: 1}, {1: 0.75, 2: 0.25}) == pytest.approx(0.0)
-    assert rs.histogram_distance({"a": 2}, {"b": 5}) == pytest.approx(1.0)
-    assert rs.histogram_distance({1: 1, 2: 1}, {1: 1}) == pytest.approx(0.5)
+    assert cg.histogram_distance({1: 3, 2: 1}, {1: 0.75, 2: 0.25}) == pytest.approx(0.0)
+    assert cg.histogram_distance({"a": 2}, {"b": 5}) == pytest.approx(1.0)
+    assert cg.histogram_distance({1: 1, 2: 1}, {1: 1}) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="non-empty"):
-        rs.histogram_distance({}, {1: 1})
+        cg.histogram_distance({}, {1: 1})
 
 
 def test_corpus_gaps_zero_against_itself_and_positive_against_a_different_corpus(code_corpus):
@@ -46,10 +51,10 @@ def test_corpus_gaps_zero_against_itself_and_positive_against_a_different_corpus
     many = [c for c in code_corpus if c.count("wp_sketch1 =") > 0]
     assert one_sketch and many
     a, b = corpus_stats(one_sketch), corpus_stats(many)
-    same = rs.corpus_gaps(a, a)
+    same = cg.corpus_gaps(a, a)
     assert all(same[k] in (0.0, None) for k in same if k.startswith("tv_"))
     assert same["mean_diff"] == {"chars": 0.0, "tokens": 0.0, "sketches": 0.0, "loops": 0.0}
-    diff = rs.corpus_gaps(a, b)
+    diff = cg.corpus_gaps(a, b)
     assert diff["tv_sketches_hist"] == pytest.approx(1.0)  # 1 sketch vs >= 2 sketches: disjoint
     assert diff["mean_diff"]["sketches"] > 0
 
@@ -57,23 +62,23 @@ def test_corpus_gaps_zero_against_itself_and_positive_against_a_different_corpus
 @needs_sample
 def test_token_lengths_canonical_numbers_shorten_real_programs(tiny_tokenizer):
     real = [r["cadquery"] for r in rs.load_sample()]
-    lengths = rs.token_lengths(real, tiny_tokenizer, decimals=3, max_length=0)
+    lengths = cg.token_lengths(real, tiny_tokenizer, decimals=3, max_length=0)
     assert lengths["canonical"]["mean"] < lengths["raw"]["mean"]  # real programs print 16-17 digit floats
     assert lengths["over_max_length"] == 1.0
-    assert rs.token_lengths(real, tiny_tokenizer, decimals=3, max_length=10**6)["over_max_length"] == 0.0
+    assert cg.token_lengths(real, tiny_tokenizer, decimals=3, max_length=10**6)["over_max_length"] == 0.0
 
 
 @needs_sample
 def test_corpus_part_writes_a_report_over_the_34_programs(tmp_path):
     out = tmp_path / "out"
-    rc = rs.main(["--part", "corpus", "--corpus-num", "15", "--corpus-dataset", "", "--out", str(out),
+    rc = run_benchmark(["--part", "corpus", "--corpus-num", "15", "--corpus-dataset", "", "--out", str(out),
                   "--model", str(tmp_path / "no-model")])  # fmt: skip
     assert rc == 0
     report = json.loads((out / "corpus.json").read_text())
     real_name, gen_name = list(report["columns"])
     n_real = len(rs.load_sample())
     assert report["columns"][real_name]["n"] == n_real
-    assert report["columns"][gen_name]["n"] == 15 * len(rs.CORPUS_LEVELS)
+    assert report["columns"][gen_name]["n"] == 15 * len(cg.CORPUS_LEVELS)
     assert report["tokenizer"].startswith("approximation")  # no tokenizer folder given or found
     gaps = report["gaps"][gen_name]
     assert all(0.0 <= v <= 1.0 for k, v in gaps.items() if k.startswith("tv_") and v is not None)
@@ -88,7 +93,7 @@ def test_transfer_part_with_a_tiny_model(tmp_path, make_tiny_cadcoder):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     out = tmp_path / "out"
-    rc = rs.main(["--part", "transfer", "--model", str(folder), "--limit", "2", "--strategies", "greedy",
+    rc = run_benchmark(["--part", "transfer", "--model", str(folder), "--limit", "2", "--strategies", "greedy",
                   "--max-new-tokens", "8", "--workers", "1", "--out", str(out)])  # fmt: skip
     assert rc == 0
     report = json.loads((out / "transfer.json").read_text())
@@ -104,10 +109,11 @@ def test_transfer_part_with_a_tiny_model(tmp_path, make_tiny_cadcoder):
     assert base["iou_chance"] is not None and 0.0 <= base["iou_chance"] <= 1.0
     table = (out / "transfer.md").read_text()
     assert "constant program" in table and "chance" in table and str(folder) in table
+    one = rs.load_sample()[:1]
     with pytest.raises(ValueError, match="unknown"):
-        rs.main(["--part", "transfer", "--model", str(folder), "--strategies", "beam", "--limit", "1", "--out", str(out)])
+        score_transfer(one, [str(folder)], out, strategies=["beam"])
     with pytest.raises(FileNotFoundError, match="config.json"):
-        rs.main(["--part", "transfer", "--model", str(tmp_path / "missing"), "--limit", "1", "--out", str(out)])
+        score_transfer(one, [str(tmp_path / "missing")], out)
 
 
 @needs_sample

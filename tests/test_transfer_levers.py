@@ -1,26 +1,9 @@
-"""Tests of benchmarks/transfer_levers.py: each lever changes one thing, and its larger set is a faithful extension."""
+"""Tests of the transfer levers (cadcoder.quickstart_variants): each lever changes one thing, and its larger set
+is a faithful extension."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its sibling benchmarks by name
-    try:
-        spec = importlib.util.spec_from_file_location("transfer_levers_benchmark", REPO / "benchmarks" / "transfer_levers.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-
-
-tl = _load_benchmark()
+from cadcoder import quickstart_variants as qv
 
 
 def _overrides(command: list[str]) -> dict[str, str]:
@@ -29,8 +12,8 @@ def _overrides(command: list[str]) -> dict[str, str]:
 
 
 def test_every_lever_changes_one_thing_against_base(tmp_path):
-    variants = tl.lever_variants(list(tl.LEVERS), tmp_path / "data", base_num=500, data_factor=3, max_steps=40)
-    commands = {lever: _overrides(tl.quickstart_sweep.train_command(lever, tmp_path, 0, variants)) for lever in variants}
+    variants = qv.lever_variants(list(qv.LEVERS), tmp_path / "data", base_num=500, data_factor=3, max_steps=40)
+    commands = {lever: _overrides(qv.train_command(lever, tmp_path, 0, variants)) for lever in variants}
     base = commands["base"]
     assert base["--max_steps"] == "40" and base["--synth_num"] == "500"
     assert base["--test_samples"] == "0"  # the real sample is the test set here
@@ -51,7 +34,7 @@ def test_more_data_set_started_from_base_equals_a_fresh_build(tmp_path):
     kw = dict(complexities=[0, 1], seed=3, workers=1, image_size=48, progress=False, chunk_size=4)
     small, big, fresh = tmp_path / "base-6", tmp_path / "base-12", tmp_path / "fresh-12"
     build_synthetic_mix(6, small, **kw)
-    tl.seed_from_smaller_set(small, big)
+    qv.start_from_smaller_set(small, big)
     assert (big.with_name(big.name + ".parts") / "complexity-0").is_dir()
     extended = datasets.load_from_disk(str(build_synthetic_mix(12, big, **kw)))
     scratch = datasets.load_from_disk(str(build_synthetic_mix(12, fresh, **kw)))
