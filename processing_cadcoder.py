@@ -333,25 +333,23 @@ def _tensor_type(return_tensors: str | TensorType | None) -> str | None:
 
 def _padding_strategy(padding: bool | str | PaddingStrategy | None) -> str:
     """``"longest"``, ``"max_length"`` or ``"do_not_pad"`` (``None`` means ``"longest"``)."""
-    value = _option(padding)
-    if value is None:
-        return "longest"
-    if isinstance(value, (bool, str)) and value in _PADDING:
-        return _PADDING[value]
-    raise ValueError(f"padding={padding!r} is not supported; pass True, 'longest', 'max_length' or False.")
+    return _choice("padding", padding, _PADDING, "longest", "pass True, 'longest', 'max_length' or False")
 
 
 def _truncation(truncation: bool | str | TruncationStrategy | None) -> bool | None:
     """``True`` (cut), ``False`` (never cut) or ``None`` (cut when ``max_length`` is given)."""
-    value = _option(truncation)
+    hint = "each example is one sequence (prompt + program); pass truncation=True or False"
+    return _choice("truncation", truncation, _TRUNCATION, None, hint)
+
+
+def _choice(name: str, option: Any, table: dict, default: Any, hint: str) -> Any:
+    """``table[option]`` for a bool or string option (``None``: ``default``); anything else raises with ``hint``."""
+    value = _option(option)
     if value is None:
-        return None
-    if isinstance(value, (bool, str)) and value in _TRUNCATION:
-        return _TRUNCATION[value]
-    raise ValueError(
-        f"truncation={truncation!r} is not supported: each example is one sequence (prompt + program); pass "
-        "truncation=True or False."
-    )
+        return default
+    if isinstance(value, (bool, str)) and value in table:
+        return table[value]
+    raise ValueError(f"{name}={value!r} is not supported; {hint}.")
 
 
 def _padding_side(padding_side: str | None, training: bool) -> str:
