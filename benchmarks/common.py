@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from cadcoder.real_sample import DEFAULT_SAMPLE
-from cadcoder.transfer import INPUT_STYLES
 
 #: The checkout: default data and output folders are below it.
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +26,8 @@ def add_sample_argument(parser: argparse.ArgumentParser | Any) -> None:
 
 def add_transfer_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """``--strategies``, ``--num-candidates`` and ``--input-style`` of a transfer run on the real sample."""
+    from cadcoder.transfer import INPUT_STYLES  # torch loads with it; scripts without a transfer run skip it
+
     parser.add_argument("--num-candidates", type=int, default=8, help="candidates per image of first_valid / render_compare")
     parser.add_argument("--strategies", default=None, help="comma-separated subset of greedy,first_valid,render_compare (default: all)")
     parser.add_argument("--input-style", default="dataset", choices=INPUT_STYLES,

@@ -15,8 +15,6 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from processing_cadcoder import to_rgb_image
-
 from . import tasks
 from .sandbox import Sandbox, SandboxJob
 
@@ -33,6 +31,8 @@ def load_sample(sample_dir: Path | str = DEFAULT_SAMPLE, with_images: bool = Tru
     Raises:
         FileNotFoundError: no ``programs.jsonl`` in ``sample_dir``; the message says where to point instead.
     """
+    from processing_cadcoder import to_rgb_image  # torch loads with it; the programs alone do not need it
+
     sample_dir = Path(sample_dir)
     index = sample_dir / "programs.jsonl"
     if not index.is_file():
