@@ -79,7 +79,7 @@ def _scorer_check(images: list, references: list[str], pool: int, seed: int, sb,
     import numpy as np
 
     from cadcoder.evaluation import evaluate_programs
-    from cadcoder.inference import select_programs
+    from cadcoder.selection import select_programs
 
     rng = np.random.default_rng(seed)
     n, k = len(images), pool if near_miss else min(pool, len(images))
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cadcoder.data import decode_image, load_cad_dataset
     from cadcoder.evaluation import evaluate_programs
-    from cadcoder.inference import generate_cad, load_model
+    from cadcoder.inference import GenerationOptions, generate_cad, load_model
     from cadcoder.sandbox import Sandbox
 
     if args.threads:
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     images = [decode_image(r["image"], row=str(i)) for i, r in enumerate(rows)]
     references = [r["cadquery"] for r in rows]
     N = args.num_candidates
-    gen = dict(seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-               top_p=args.top_p, export=False)  # fmt: skip
+    gen = GenerationOptions(seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, export=False)  # fmt: skip
     eval_kw = dict(protocol=args.protocol, fast=args.fast, progress=False, chamfer_points=0)
 
     results: dict[str, dict] = {}
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, strategy, k in (("greedy", "greedy", 1), (f"first_valid@{N}", "first_valid", N),
                                   (f"render_compare@{N}", "render_compare", N)):  # fmt: skip
             t0 = time.perf_counter()
-            preds[name] = generate_cad(model, processor, images, num_candidates=k, strategy=strategy, sandbox=sb, **gen)
+            options = gen.with_overrides(num_candidates=k, strategy=strategy)
+            preds[name] = generate_cad(model, processor, images, options, sandbox=sb)
             seconds = (time.perf_counter() - t0) / n
             results[name] = {"seconds_per_image": seconds,
                              "candidates_per_image": _mean([len(p.candidates) for p in preds[name]])}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Execution-guided inference (cadcoder.inference) and `cadcoder generate`.
+"""Execution-guided inference (cadcoder.inference, cadcoder.selection) and `cadcoder generate`.
 
 A tiny model (timm's ``test_resnet`` + a 1-layer CodeGen) is overfitted inside this module on four short
 programs rendered through the sandbox, so greedy decoding emits valid programs. Candidate selection is also
@@ -87,7 +87,7 @@ def trained(shape_images):
 # Selection without a model
 # ----------------------------------------------------------------------------------------------
 def test_render_compare_picks_matching_valid_candidate_and_explains_rejections(big_image, sandbox, tmp_path):
-    from cadcoder.inference import select_programs
+    from cadcoder.selection import select_programs
 
     others = [PROGRAMS[1], PROGRAMS[2]]
     pred = select_programs([big_image], [BAD + others + [PROGRAMS[0], PROGRAMS[0]]], strategy="render_compare",
@@ -120,7 +120,7 @@ def test_render_compare_picks_matching_valid_candidate_and_explains_rejections(b
 
 
 def test_render_compare_never_returns_invalid_when_a_valid_candidate_exists(big_image, sandbox):
-    from cadcoder.inference import select_programs
+    from cadcoder.selection import select_programs
 
     # The only valid candidate looks nothing like the image; it must still win over every invalid one.
     for position in (0, 2, len(BAD)):
@@ -131,7 +131,7 @@ def test_render_compare_never_returns_invalid_when_a_valid_candidate_exists(big_
 
 
 def test_no_valid_candidate_is_a_clear_failure(big_image, sandbox):
-    from cadcoder.inference import select_programs
+    from cadcoder.selection import select_programs
 
     for strategy in ("greedy", "first_valid", "render_compare"):
         pred = select_programs([big_image], [BAD], strategy=strategy, sandbox=sandbox)[0]
@@ -141,7 +141,7 @@ def test_no_valid_candidate_is_a_clear_failure(big_image, sandbox):
 
 
 def test_first_valid_and_greedy_order(big_image, sandbox):
-    from cadcoder.inference import select_programs
+    from cadcoder.selection import select_programs
 
     cands = [BAD[0], PROGRAMS[2], BAD[2], PROGRAMS[0], PROGRAMS[1]]
     pred = select_programs([big_image], [cands], strategy="first_valid", sandbox=sandbox, export=False)[0]
@@ -151,6 +151,14 @@ def test_first_valid_and_greedy_order(big_image, sandbox):
     assert all(c.status in ("ok", "not_run") and not c.selected for c in later)
     greedy = select_programs([big_image], [cands], strategy="greedy", sandbox=sandbox, export=False)[0]
     assert not greedy.ok and len(greedy.candidates) == 1
+
+
+def test_selection_names_are_importable_from_inference():
+    import cadcoder.inference as inference
+    import cadcoder.selection as selection
+
+    for name in ("select_programs", "Candidate", "CadPrediction", "STRATEGIES"):
+        assert getattr(inference, name) is getattr(selection, name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +229,58 @@ def test_bad_arguments(trained, shape_images, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match="not a readable image"):
         load_image(tmp_path / "notes.png")
+
+
+def test_options_object_and_keyword_overrides_agree(trained, shape_images, sandbox):
+    from cadcoder.inference import GenerationOptions, generate_cad
+
+    model, processor = trained
+    options = GenerationOptions(num_candidates=3, strategy="first_valid", export=False, temperature=1.5, seed=3)
+    a = generate_cad(model, processor, shape_images[:2], options, sandbox=sandbox)
+    b = generate_cad(model, processor, shape_images[:2], sandbox=sandbox, num_candidates=3, strategy="first_valid",
+                     export=False, temperature=1.5, seed=3)  # fmt: skip
+    assert [[c.program for c in p.candidates] for p in a] == [[c.program for c in p.candidates] for p in b]
+    greedy = generate_cad(model, processor, shape_images[:1], options, sandbox=sandbox, strategy="greedy")
+    assert greedy[0].strategy == "greedy" and len(greedy[0].candidates) == 1
+    assert options.strategy == "first_valid"  # overrides never change the caller's options
+
+    with pytest.raises(TypeError, match="unknown generation option.*num_candiates.*valid options are: num_candidates"):
+        generate_cad(model, processor, shape_images[:1], num_candiates=2)
+    with pytest.raises(TypeError, match="GenerationOptions"):
+        generate_cad(model, processor, shape_images[:1], 4)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        GenerationOptions(strategy="beam")
+    with pytest.raises(ValueError, match="time_budget"):
+        GenerationOptions(time_budget=0)
+
+
+def test_generate_new_tokens_returns_only_the_continuation(trained, shape_images):
+    from cadcoder.inference import generate_new_tokens
+
+    model, processor = trained
+    sampled = generate_new_tokens(model, processor, shape_images[:2], max_new_tokens=5, do_sample=True,
+                                  num_return_sequences=2)  # fmt: skip
+    assert sampled.shape[0] == 4 and 0 < sampled.shape[1] <= 5
+    tokens = generate_new_tokens(model, processor, shape_images[:1], max_new_tokens=5, do_sample=False)
+    prompt = processor(images=shape_images[:1], return_tensors="pt")["input_ids"]
+    full = model.generate(**processor(images=shape_images[:1], return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert torch.equal(tokens[0, : full.shape[1] - prompt.shape[1]], full[0, prompt.shape[1] :])
+
+
+def test_load_model_uses_the_installed_classes_and_names_missing_files(model_dir, tmp_path):
+    from cadcoder.inference import load_model
+    from modeling_cadcoder import CadCoderForConditionalGeneration
+    from processing_cadcoder import CadCoderProcessor
+
+    model, processor = load_model(model_dir, device="cpu")
+    assert isinstance(model, CadCoderForConditionalGeneration) and isinstance(processor, CadCoderProcessor)
+    assert not model.training
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json.*train.py"):
+        load_model(empty)
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        load_model(model_dir / "config.json")
 
 
 # ----------------------------------------------------------------------------------------------
