@@ -247,3 +247,19 @@ def test_lazy_transform_keeps_images_encoded(jsonl_source):
     # nothing decoded or tokenised up front: the image column is still an encoded reference
     assert isinstance(ds[0]["image"], dict) and set(ds[0]["image"]) == {"bytes", "path"}
     assert not hasattr(data_mod, "_cache")
+
+
+def test_one_schema_for_loader_and_builder():
+    """cadcoder.schema is the one home of the GenCAD-Code schema, and importing it loads nothing heavy."""
+    import subprocess
+    import sys
+
+    from cadcoder import schema, synth
+
+    for name in ("GENCAD_PROMPT", "GENCAD_COLUMNS", "SPLIT_NAMES", "REQUIRED_COLUMNS", "DEFAULT_HUB_DATASET"):
+        assert getattr(data_mod, name) is getattr(schema, name)
+    assert synth.GENCAD_PROMPT is schema.GENCAD_PROMPT and synth.approx_token_count is schema.approx_token_count
+    assert schema.gencad_features(decode_images=False)["image"] == datasets.Image(decode=False)
+    assert tuple(schema.gencad_features()) == schema.GENCAD_COLUMNS
+    probe = "import sys, cadcoder.schema; print(sorted(m for m in ('datasets', 'torch', 'PIL') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

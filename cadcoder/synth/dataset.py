@@ -1,31 +1,44 @@
 """The resumable synthetic dataset builder: programs -> sandbox -> validated, deduplicated, rendered rows.
 
-:func:`build_synthetic_dataset` draws programs from :func:`cadcoder.synth.programs.generate_program`,
-executes, validates, fingerprints and renders each one through :class:`cadcoder.sandbox.Sandbox`
-(:func:`synth_sample_task`), deduplicates them by code and by geometry, and writes a sharded work folder
-with a manifest that lets an interrupted run resume exactly. :func:`build_synthetic_mix` spreads a set
-over several complexity levels; :func:`synth_cli` is ``cadcoder synth``.
+:func:`build_synthetic_dataset` draws sample ``i`` from ``numpy.random.default_rng([seed, i])``
+(:func:`sample_seed`, :func:`cadcoder.synth.programs.generate_program`), executes it in
+:class:`cadcoder.sandbox.Sandbox` and renders it there (:func:`synth_sample_task`). A sample is kept when
+the program yields one valid, non-degenerate solid with a non-blank image, and when neither its code key
+(numbers rounded to 1e-4, :func:`code_key`) nor its geometry key (:func:`geometry_key`) was seen at a
+lower index. Programs that share a *template* (same code with numbers stripped) are all kept: the
+GenCAD-Code distribution itself is dominated by a few templates (plates, discs, tubes) with different
+numbers, and dropping them would distort it. ``max_per_skeleton`` caps a template's count if wanted; the
+share of distinct templates is reported by :func:`cadcoder.corpus_stats.corpus_stats`.
+
+Work goes to ``out_dir/_synth_work``: one parquet shard per chunk of indices, written atomically, and a
+manifest updated after it. An interrupted run resumes from the manifest with no lost work and no
+duplicate, and produces exactly the dataset an uninterrupted run would.
+
+:func:`build_synthetic_mix` spreads a set over several complexity levels; :func:`synth_cli` is
+``cadcoder synth``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, PngImagePlugin  # noqa: F401  (PNG encoding inside the jailed worker)
 
+from cadcoder import tasks
+from cadcoder.sandbox import SandboxJob, borrow_or_open
 from cadcoder.schema import GENCAD_PROMPT, SPLIT_NAMES, approx_token_count, gencad_features
 from cadcoder.synth.programs import COMPLEXITY_LEVELS, FLOAT_LITERAL, GRID, generate_program
+from cadcoder.synth.workdir import WORK_DIR, open_manifest, read_shards, store_chunk
 
 # The sandbox's jailed workers cannot import lazily: the render task's modules load here, at import time.
 try:
@@ -33,8 +46,6 @@ try:
 except ImportError:  # no OpenCascade: programs can still be written (generate_program), not built or rendered
     _render = None
 
-_MANIFEST = "manifest.json"
-_WORK_DIR = "_synth_work"
 
 
 def code_skeleton(code: str) -> str:
@@ -97,6 +108,7 @@ def sample_seed(seed: int, index: int) -> np.random.Generator:
 
 
 def _style_for(render_style: Any, seed: int, index: int) -> dict[str, Any] | None:
+    """The render style of sample ``index`` as a dict (``"random"``: its own seeded draw), or None."""
     if render_style is None:
         return None
     if render_style == "random":
@@ -108,6 +120,47 @@ def _style_for(render_style: Any, seed: int, index: int) -> dict[str, Any] | Non
     raise ValueError(f"render_style must be None, 'random', a RenderStyle or a dict, got {render_style!r}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The run's settings and its manifest
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _RunSettings:
+    """What decides a run's rows: a resumed run must be given the same (see :func:`cadcoder.synth.workdir.open_manifest`)."""
+
+    seed: int
+    complexity: int
+    image_size: int
+    render_style: Any
+    allow_multi_solid: bool
+    max_per_skeleton: int | None
+    min_ink: float
+    tokenizer: Any
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The settings as the manifest records them (JSON)."""
+        return {
+            "seed": int(self.seed), "complexity": int(self.complexity), "image_size": int(self.image_size),
+            "render_style": "random" if self.render_style == "random" else _style_for(self.render_style, self.seed, 0),
+            "allow_multi_solid": bool(self.allow_multi_solid), "max_per_skeleton": self.max_per_skeleton,
+            "min_ink": float(self.min_ink),
+            "tokenizer": None if self.tokenizer is None else type(self.tokenizer).__name__,
+            "format": 1,
+        }
+
+    def count_tokens(self, code: str) -> int:
+        """``token_count`` of a kept program: the tokenizer's length, or :func:`approx_token_count`."""
+        return approx_token_count(code) if self.tokenizer is None else len(self.tokenizer(code)["input_ids"])
+
+    def job(self, index: int) -> SandboxJob:
+        """The sandbox job of sample ``index``: its program, rendered in its own style."""
+        code = generate_program(sample_seed(self.seed, index), complexity=self.complexity)
+        style = _style_for(self.render_style, self.seed, index)
+        return SandboxJob(code, tasks.SYNTH_SAMPLE, {"size": self.image_size, "style": style, "min_ink": self.min_ink})
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping or rejecting samples
+# ---------------------------------------------------------------------------------------------
 def _reject_reason(result: Any, allow_multi_solid: bool, min_ink: float) -> str | None:
     """Why a sandbox result is not a usable sample (None if it is)."""
     if not result.ok:
@@ -123,44 +176,81 @@ def _reject_reason(result: Any, allow_multi_solid: bool, min_ink: float) -> str 
     return None
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class _Dedup:
+    """The code keys, geometry keys and template counts of the rows kept so far."""
+
+    def __init__(self, rows: list[dict[str, Any]], max_per_skeleton: int | None) -> None:
+        self.max_per_skeleton = max_per_skeleton
+        self.codes = {r["code_key"] for r in rows}
+        self.geometries = {r["geom_key"] for r in rows}
+        self.per_skeleton: dict[str, int] = {}
+        for r in rows:
+            self.per_skeleton[r["skeleton"]] = self.per_skeleton.get(r["skeleton"], 0) + 1
+
+    def reason(self, keys: tuple[str, str, str]) -> str | None:
+        """Why a sample with these (code, geometry, template) keys is not kept (None if it is new)."""
+        ck, gk, sk = keys
+        if ck in self.codes or gk in self.geometries:
+            return "duplicate"
+        if self.max_per_skeleton is not None and self.per_skeleton.get(sk, 0) >= self.max_per_skeleton:
+            return "template_cap"
+        return None
+
+    def add(self, keys: tuple[str, str, str]) -> None:
+        """Record a kept sample's keys."""
+        ck, gk, sk = keys
+        self.codes.add(ck)
+        self.geometries.add(gk)
+        self.per_skeleton[sk] = self.per_skeleton.get(sk, 0) + 1
 
 
-def _write_shard(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _run_chunk(box: Any, run: _RunSettings, indices: range, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Execute and render samples ``indices`` in the sandbox -> (program, result) pairs, timed in the manifest.
 
-    table = pa.Table.from_pylist(rows, schema=_shard_schema())
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    Raises:
+        RuntimeError: the task failed on every program (a broken environment, not bad programs).
+    """
+    jobs = [run.job(i) for i in indices]
+    timing = manifest.setdefault("timing", {"programs": 0, "sandbox_seconds": 0.0, "render_seconds": 0.0, "rendered": 0})
+
+    def count(_: int, result: Any) -> None:
+        timing["programs"] += 1
+        timing["sandbox_seconds"] += result.seconds
+        if result.ok:
+            timing["rendered"] += 1
+            timing["render_seconds"] += result.value["render_seconds"]
+
+    results = box.map(jobs, on_result=count)
+    task_errors = [r.error for r in results if not r.ok and r.error.startswith("task failed")]
+    if len(task_errors) == len(results):
+        raise RuntimeError(f"the render task failed on every program: {task_errors[0]}")
+    return [(job.code, result) for job, result in zip(jobs, results)]
 
 
-def _shard_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema([
-        ("index", pa.int64()), ("deepcad_id", pa.string()), ("cadquery", pa.string()),
-        ("token_count", pa.int64()), ("png", pa.binary()), ("code_key", pa.string()),
-        ("geom_key", pa.string()), ("skeleton", pa.string()),
-    ])
-
-
-def _read_shards(work: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    rows: list[dict[str, Any]] = []
-    for sh in shards:
-        rows.extend(pq.read_table(work / sh["file"]).to_pylist())
+def _keep_rows(run: _RunSettings, indices: range, outcomes: list[tuple[str, Any]], dedup: _Dedup,
+               rejected: dict[str, int]) -> list[dict[str, Any]]:
+    """The rows of a chunk's valid, new samples; every rejection is counted in ``rejected`` by reason."""
+    rows = []
+    for i, (code, res) in zip(indices, outcomes):
+        reason = _reject_reason(res, run.allow_multi_solid, run.min_ink)
+        if reason is None:
+            keys = (code_key(code), geometry_key(res.value), code_skeleton(code))
+            reason = dedup.reason(keys)
+        if reason is not None:
+            rejected[reason] = rejected.get(reason, 0) + 1
+            continue
+        dedup.add(keys)
+        rows.append({
+            "index": i, "deepcad_id": f"synth{run.seed}_{i:08d}", "cadquery": code,
+            "token_count": run.count_tokens(code), "png": res.value["png"],
+            "code_key": keys[0], "geom_key": keys[1], "skeleton": keys[2],
+        })
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# Splits and the final DatasetDict
+# ---------------------------------------------------------------------------------------------
 def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int, int]:
     """Rows of train / validation / test for ``n`` samples; raises when a requested split would be empty."""
     if len(splits) != 3 or min(splits) < 0 or not math.isclose(sum(splits), 1.0, abs_tol=1e-6):
@@ -178,6 +268,75 @@ def _split_counts(n: int, splits: tuple[float, float, float]) -> tuple[int, int,
                 f"level when levels are mixed), or give the {name} split a fraction of 0 to leave it out"
             )
     return counts
+
+
+def _assemble(rows: list[dict[str, Any]], seed: int, splits: tuple[float, float, float]) -> Any:
+    """Rows (in index order) -> DatasetDict with a seeded split assignment."""
+    import datasets
+
+    n_train, n_val, n_test = _split_counts(len(rows), splits)
+    perm = np.random.default_rng([int(seed), 2**31 - 1]).permutation(len(rows))
+    parts = dict(zip(SPLIT_NAMES, (sorted(perm[:n_train]), sorted(perm[n_train:n_train + n_val]),
+                                   sorted(perm[n_train + n_val:]))))
+    out = {}
+    for split, ids in parts.items():
+        if not ids:  # a split asked for with fraction 0: left out, as datasets cannot reload an empty one
+            continue
+        recs = {
+            "image": [{"bytes": rows[i]["png"], "path": None} for i in ids],
+            "deepcad_id": [rows[i]["deepcad_id"] for i in ids],
+            "cadquery": [rows[i]["cadquery"] for i in ids],
+            "token_count": [rows[i]["token_count"] for i in ids],
+            "prompt": [GENCAD_PROMPT] * len(ids),
+            "hundred_subset": [split == "test" and k < 100 for k in range(len(ids))],
+        }
+        out[split] = datasets.Dataset.from_dict(recs, features=gencad_features())
+    return datasets.DatasetDict(out)
+
+
+def _save(out: Path, rows: list[dict[str, Any]], num: int, seed: int, splits: tuple[float, float, float],
+          manifest: dict[str, Any]) -> Any:
+    """Save the first ``num`` rows as the final DatasetDict in ``out``, with ``synth_stats.json`` beside it."""
+    dd = _assemble(rows[:num], seed, splits)
+    dd.save_to_disk(str(out))
+    stats = {"attempted": manifest["next_index"], "kept": len(rows), "rejected": manifest["rejected"],
+             "timing": manifest.get("timing", {})}
+    (out / "synth_stats.json").write_text(json.dumps(stats, indent=1))
+    return dd
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder
+# ---------------------------------------------------------------------------------------------
+def _build_chunks(box: Any, run: _RunSettings, work: Path, manifest: dict[str, Any], rows: list[dict[str, Any]],
+                  num: int, chunk_size: int, max_attempts: int, stop_after_chunks: int | None, bar: Any) -> bool:
+    """Run chunk after chunk, each stored before the next, until ``rows`` holds ``num`` samples.
+
+    Returns:
+        True when done; False when stopped by ``stop_after_chunks`` first.
+
+    Raises:
+        RuntimeError: ``max_attempts`` programs were generated without reaching ``num`` samples.
+    """
+    dedup = _Dedup(rows, run.max_per_skeleton)
+    new_chunks = 0
+    while len(rows) < num:
+        start = manifest["next_index"]
+        if start >= max_attempts:
+            raise RuntimeError(
+                f"only {len(rows)} of {num} programs were valid and distinct after {start} attempts "
+                f"(rejections: {manifest['rejected']}); raise max_attempts or use another seed"
+            )
+        indices = range(start, start + chunk_size)
+        outcomes = _run_chunk(box, run, indices, manifest)
+        chunk_rows = _keep_rows(run, indices, outcomes, dedup, manifest["rejected"])
+        store_chunk(work, manifest, indices.start, indices.stop, chunk_rows)
+        rows.extend(chunk_rows)
+        bar.update(min(len(rows), num) - bar.n)
+        new_chunks += 1
+        if stop_after_chunks is not None and new_chunks >= stop_after_chunks and len(rows) < num:
+            return False
+    return True
 
 
 def build_synthetic_dataset(
@@ -200,20 +359,9 @@ def build_synthetic_dataset(
     stop_after_chunks: int | None = None,
     sandbox: Any = None,
 ) -> "datasets.DatasetDict":  # noqa: F821
-    """Generate, validate, deduplicate and render ``num`` synthetic (image, program) pairs.
+    """Generate, validate, deduplicate and render ``num`` synthetic (image, program) pairs into ``out_dir``.
 
-    Sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``, executed in
-    :class:`cadcoder.sandbox.Sandbox` and rendered there (:func:`synth_sample_task`). It is kept when the
-    program yields one valid, non-degenerate solid with a non-blank image, and when neither its code key
-    (numbers rounded to 1e-4, :func:`code_key`) nor its geometry key (:func:`geometry_key`) was seen at
-    a lower index. Programs that share a *template* (same code with numbers stripped) are all kept: the
-    GenCAD-Code distribution itself is dominated by a few templates (plates, discs, tubes) with different
-    numbers, and dropping them would distort it. ``max_per_skeleton`` caps a template's count if wanted;
-    the share of distinct templates is reported by :func:`cadcoder.corpus_stats.corpus_stats`.
-
-    Work goes to ``out_dir/_synth_work``: one parquet shard per chunk of indices, written atomically,
-    and a manifest updated after it. An interrupted run resumes from the manifest with no lost work and
-    no duplicate, and produces exactly the dataset an uninterrupted run would. A finished run can be
+    How samples are drawn, kept and resumed is described in the module docstring. A finished run can be
     extended by calling again with a larger ``num``.
 
     Args:
@@ -249,141 +397,22 @@ def build_synthetic_dataset(
     """
     from tqdm.auto import tqdm
 
-    from cadcoder.sandbox import Sandbox
-
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     if complexity not in COMPLEXITY_LEVELS:
         raise ValueError(f"complexity must be one of {COMPLEXITY_LEVELS}, got {complexity!r}")
     _split_counts(num, splits)
+    run = _RunSettings(seed, complexity, image_size, render_style, allow_multi_solid, max_per_skeleton, min_ink, tokenizer)
     out = Path(out_dir)
-    work = out / _WORK_DIR
+    work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "seed": int(seed), "complexity": int(complexity), "image_size": int(image_size),
-        "render_style": _style_for(render_style, seed, 0) if render_style != "random" else "random",
-        "allow_multi_solid": bool(allow_multi_solid), "max_per_skeleton": max_per_skeleton,
-        "min_ink": float(min_ink), "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
-        "format": 1,
-    }
-    manifest_path = work / _MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["settings"] != settings:
-            diff = {k: (manifest["settings"].get(k), v) for k, v in settings.items() if manifest["settings"].get(k) != v}
-            raise ValueError(
-                f"{out} holds a synthetic run made with other settings {diff} (saved, requested); "
-                "resume with the same settings or choose another --out folder"
-            )
-    else:
-        manifest = {"settings": settings, "next_index": 0, "shards": [], "rejected": {}}
-    rows = _read_shards(work, manifest["shards"])
-    seen_code = {r["code_key"] for r in rows}
-    seen_geom = {r["geom_key"] for r in rows}
-    per_skel: dict[str, int] = {}
-    for r in rows:
-        per_skel[r["skeleton"]] = per_skel.get(r["skeleton"], 0) + 1
+    manifest = open_manifest(work, run.manifest_entry(), out)
+    rows = read_shards(work, manifest["shards"])
     max_attempts = 20 * num + 200 if max_attempts is None else max_attempts
-    count_tokens: Callable[[str], int] = (
-        approx_token_count if tokenizer is None else (lambda c: len(tokenizer(c)["input_ids"]))
-    )
-    bar = tqdm(total=num, initial=min(len(rows), num), desc="synth", unit="sample", disable=not progress)
-    new_chunks = 0
-    try:
-        own = sandbox is None
-        box = Sandbox(num_workers=workers, timeout=timeout) if own else sandbox
-        n_threads = box.num_workers
-        with contextlib.ExitStack() as stack, ThreadPoolExecutor(max(1, n_threads)) as pool:
-            if own:
-                stack.enter_context(box)
-            while len(rows) < num:
-                start = manifest["next_index"]
-                if start >= max_attempts:
-                    raise RuntimeError(
-                        f"only {len(rows)} of {num} programs were valid and distinct after {start} attempts "
-                        f"(rejections: {manifest['rejected']}); raise max_attempts or use another seed"
-                    )
-                stop = start + chunk_size
-                idx = list(range(start, stop))
-                codes = [generate_program(sample_seed(seed, i), complexity=complexity) for i in idx]
-
-                def run_one(j: int) -> Any:
-                    return box.run(codes[j], task=synth_sample_task, size=image_size,
-                                   style=_style_for(render_style, seed, idx[j]), min_ink=min_ink)
-
-                results = list(pool.map(run_one, range(len(idx))))
-                timing = manifest.setdefault("timing", {"programs": 0, "sandbox_seconds": 0.0, "render_seconds": 0.0, "rendered": 0})
-                for r in results:
-                    timing["programs"] += 1
-                    timing["sandbox_seconds"] += r.seconds
-                    if r.ok:
-                        timing["rendered"] += 1
-                        timing["render_seconds"] += r.value["render_seconds"]
-                task_errors = [r.error for r in results if not r.ok and r.error.startswith("task failed")]
-                if len(task_errors) == len(results):  # a broken environment, not bad programs
-                    raise RuntimeError(f"the render task failed on every program: {task_errors[0]}")
-                chunk_rows = []
-                for i, code, res in zip(idx, codes, results):
-                    reason = _reject_reason(res, allow_multi_solid, min_ink)
-                    if reason is None:
-                        ck, gk, sk = code_key(code), geometry_key(res.value), code_skeleton(code)
-                        if ck in seen_code or gk in seen_geom:
-                            reason = "duplicate"
-                        elif max_per_skeleton is not None and per_skel.get(sk, 0) >= max_per_skeleton:
-                            reason = "template_cap"
-                    if reason is not None:
-                        manifest["rejected"][reason] = manifest["rejected"].get(reason, 0) + 1
-                        continue
-                    seen_code.add(ck)
-                    seen_geom.add(gk)
-                    per_skel[sk] = per_skel.get(sk, 0) + 1
-                    chunk_rows.append({
-                        "index": i, "deepcad_id": f"synth{seed}_{i:08d}", "cadquery": code,
-                        "token_count": count_tokens(code), "png": res.value["png"],
-                        "code_key": ck, "geom_key": gk, "skeleton": sk,
-                    })
-                name = f"shard-{start:09d}-{stop:09d}.parquet"
-                _write_shard(work / name, chunk_rows)  # shard first, then the manifest that names it
-                manifest["shards"].append({"file": name, "start": start, "stop": stop, "kept": len(chunk_rows)})
-                manifest["next_index"] = stop
-                _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-                rows.extend(chunk_rows)
-                bar.update(min(len(rows), num) - bar.n)
-                new_chunks += 1
-                if stop_after_chunks is not None and new_chunks >= stop_after_chunks and len(rows) < num:
-                    return None
-    finally:
-        bar.close()
-    dd = _assemble(rows[:num], seed, splits)
-    dd.save_to_disk(str(out))
-    stats = {"attempted": manifest["next_index"], "kept": len(rows), "rejected": manifest["rejected"],
-             "timing": manifest.get("timing", {})}
-    (out / "synth_stats.json").write_text(json.dumps(stats, indent=1))
-    return dd
-
-
-def _assemble(rows: list[dict[str, Any]], seed: int, splits: tuple[float, float, float]) -> Any:
-    """Rows (in index order) -> DatasetDict with a seeded split assignment."""
-    import datasets
-
-    n_train, n_val, n_test = _split_counts(len(rows), splits)
-    perm = np.random.default_rng([int(seed), 2**31 - 1]).permutation(len(rows))
-    parts = dict(zip(SPLIT_NAMES, (sorted(perm[:n_train]), sorted(perm[n_train:n_train + n_val]),
-                                   sorted(perm[n_train + n_val:]))))
-    out = {}
-    for split, ids in parts.items():
-        if not ids:  # a split asked for with fraction 0: left out, as datasets cannot reload an empty one
-            continue
-        recs = {
-            "image": [{"bytes": rows[i]["png"], "path": None} for i in ids],
-            "deepcad_id": [rows[i]["deepcad_id"] for i in ids],
-            "cadquery": [rows[i]["cadquery"] for i in ids],
-            "token_count": [rows[i]["token_count"] for i in ids],
-            "prompt": [GENCAD_PROMPT] * len(ids),
-            "hundred_subset": [split == "test" and k < 100 for k in range(len(ids))],
-        }
-        out[split] = datasets.Dataset.from_dict(recs, features=gencad_features())
-    return datasets.DatasetDict(out)
+    with tqdm(total=num, initial=min(len(rows), num), desc="synth", unit="sample", disable=not progress) as bar, \
+            borrow_or_open(sandbox, num_workers=workers, timeout=timeout) as box:
+        done = _build_chunks(box, run, work, manifest, rows, num, chunk_size, max_attempts, stop_after_chunks, bar)
+    return _save(out, rows, num, seed, splits, manifest) if done else None
 
 
 def synth_cli(args: argparse.Namespace) -> int:
