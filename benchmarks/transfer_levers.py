@@ -5,7 +5,7 @@
     python benchmarks/transfer_levers.py --strategies greedy,render_compare --num-candidates 8
 
 Every lever is `python train.py configs/quickstart.json` with the same optimizer steps, batch, learning-rate
-schedule and seed, and exactly one change against `base` (LEVERS below):
+schedule and seed, and exactly one change against `base` (`cadcoder.quickstart_variants.LEVERS`):
 
 - `base`: the quickstart recipe on a smaller synthetic set (`--base-num` pairs, the dataset look);
 - `random_render`: the same programs with domain-randomised renders (`RenderStyle.random`: grey level and tint,
@@ -18,8 +18,8 @@ schedule and seed, and exactly one change against `base` (LEVERS below):
 Each variant is trained by `cadcoder.quickstart_variants.run_variants` (checkpoints, in-training generation and the
 synthetic test pass off: they cost CPU time and the real sample is the test here), then run on the 34 real
 GenCAD-Code images with each inference strategy by `cadcoder.transfer.score_transfer`, as
-`benchmarks/real_sample.py --part transfer` does (protocol
-`aligned`, constant-program and chance baselines beside it). The real pairs are used for measurement only.
+`benchmarks/real_sample.py --part transfer` does (protocol `aligned`, constant-program and chance baselines
+beside it). The real pairs are used for measurement only.
 
 A variant whose folder already holds a trained model (and, for its transfer, a `transfer.json`) is not redone,
 so an interrupted run resumes where it stopped, and a second call with `--input-style random` scores the same models
