@@ -16,8 +16,9 @@ Papers that report best-of-N (CAD-Recode, cadrille) choose the winner by IoU aga
 oracle no user has. ``benchmarks/inference_strategies.py`` measures how close render-and-compare gets to it.
 
 Generated code runs only in :class:`cadcoder.sandbox.Sandbox`. The model-free half (running, scoring and
-choosing among given programs, and the result types) lives in :mod:`cadcoder.selection`;
-:func:`select_programs`, :class:`Candidate` and :class:`CadPrediction` are importable from here as well.
+choosing among given programs) lives in :mod:`cadcoder.selection`, the result types in
+:mod:`cadcoder.predictions`; :func:`select_programs`, :class:`Candidate` and :class:`CadPrediction` are
+importable from here as well.
 This module holds the model side: the generation settings, sampling, model loading and the CLI verb.
 """
 
@@ -143,17 +144,6 @@ class GenerationOptions:
                 f"unknown generation option(s): {', '.join(unknown)}; valid options are: {', '.join(self.names())}"
             )
         return dataclasses.replace(self, **overrides) if overrides else self
-
-
-def _resolve_options(options: GenerationOptions | None, overrides: dict[str, Any]) -> GenerationOptions:
-    if options is None:
-        options = GenerationOptions()
-    elif not isinstance(options, GenerationOptions):
-        raise TypeError(
-            f"options must be a GenerationOptions (or None), got {type(options).__name__}; pass settings such as "
-            "num_candidates by keyword or as GenerationOptions(num_candidates=...)"
-        )
-    return options.with_overrides(**overrides)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,7 +346,10 @@ def generate_cad(
     """
     from cadcoder.sandbox import borrow_or_open
 
-    opts = _resolve_options(options, overrides)
+    if options is not None and not isinstance(options, GenerationOptions):
+        raise TypeError(f"options must be a GenerationOptions or None, got {type(options).__name__}; pass settings "
+                        "by keyword (num_candidates=4) or as GenerationOptions(num_candidates=4)")  # fmt: skip
+    opts = (options or GenerationOptions()).with_overrides(**overrides)
     pil = _as_images(images)
     batch_size = int(opts.batch_size)
     batches: Any = range(0, len(pil), batch_size)
@@ -375,12 +368,6 @@ def generate_cad(
 # ------------------------------------------------------------------------------------------------
 # Model loading
 # ------------------------------------------------------------------------------------------------
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 #: What a model folder needs besides the weights, and the files that provide it.
 _FOLDER_PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("processor_config.json", ("processor_config.json", "preprocessor_config.json")),
@@ -409,6 +396,7 @@ def _folder_error(path: Path, detail: str) -> OSError:
 def _hub_error(name: str, detail: str) -> OSError:
     """Why a name that is not a local folder does not load from the Hub, and what to do instead."""
     import huggingface_hub
+    from huggingface_hub import constants
 
     try:
         huggingface_hub.utils.validate_repo_id(name)
@@ -417,9 +405,10 @@ def _hub_error(name: str, detail: str) -> OSError:
             f"model {name!r} is neither an existing folder nor a valid Hub id ({exc}); pass the folder written by "
             "train.py (e.g. outputs/quickstart) or an id like 'owner/name'"
         )
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = (
         "the Hub is switched off here (HF_HUB_OFFLINE=1), and the id is not in the local cache"
-        if _hub_offline()
+        if offline
         else "the id does not exist, is private or gated (log in with `hf auth login`), or the Hub is unreachable"
     )
     return OSError(
