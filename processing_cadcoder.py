@@ -479,11 +479,11 @@ class CadCoderProcessor(ProcessorMixin):
         self,
         images: ImageLike | Sequence[ImageLike] | None = None,
         text: str | Sequence[str] | None = None,
+        return_tensors: str | TensorType | None = "pt",
+        max_length: int | None = None,
         padding: bool | str | PaddingStrategy | None = None,
         truncation: bool | str | TruncationStrategy | None = None,
-        max_length: int | None = None,
         padding_side: str | None = None,
-        return_tensors: str | TensorType | None = "pt",
         **kwargs,
     ) -> BatchFeature:
         """Build model inputs, with the keyword arguments of transformers' tokenizers and processors.
@@ -495,6 +495,9 @@ class CadCoderProcessor(ProcessorMixin):
                 final EOS (``-100`` on image tokens, bos and padding). ``text`` is not a prompt: the prompt is
                 always the ``<image>`` placeholders + bos, built here. ``text=None`` builds GENERATION inputs
                 (prompt only) for ``model.generate``.
+            return_tensors: ``"pt"`` (default, torch tensors), ``"np"`` (numpy arrays) or ``None`` (numpy arrays;
+                lists of lists for ``input_ids``/``attention_mask``/``labels`` when unpadded rows differ in length).
+            max_length: tokens per row, prompt included (see ``padding`` and ``truncation``).
             padding: ``True`` / ``"longest"`` (the default): pad to the longest row; ``"max_length"``: pad every
                 row to ``max_length``; ``False`` / ``"do_not_pad"``: no padding (rows of different lengths then
                 need ``return_tensors=None``). Generation prompts all have the same length, so only
@@ -503,11 +506,8 @@ class CadCoderProcessor(ProcessorMixin):
                 tokens, prompt included (or to ``tokenizer.model_max_length`` without ``max_length``); a cut
                 program loses its final EOS. ``False`` / ``"do_not_truncate"``: never cut. ``None`` (default):
                 cut when ``max_length`` is given. The generation prompt is never cut.
-            max_length: tokens per row, prompt included (see ``padding`` and ``truncation``).
             padding_side: ``"right"`` for training batches (labels and sequence packing rely on it), ``"left"``
                 for generation inputs (``generate`` appends at the right); the default picks the right one.
-            return_tensors: ``"pt"`` (default, torch tensors), ``"np"`` (numpy arrays) or ``None`` (numpy arrays;
-                lists of lists for ``input_ids``/``attention_mask``/``labels`` when unpadded rows differ in length).
 
         Raises:
             ValueError: no/empty images, image and program counts differ, ``max_length`` too short for the prompt,

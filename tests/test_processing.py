@@ -238,6 +238,13 @@ def test_generation_arguments_it_cannot_honour_raise_with_the_fix(processor, sam
         processor(images=sample_images[:1], **kwargs)
 
 
+def test_positional_arguments_keep_their_order(processor, sample_images, sample_programs):
+    positional = processor(sample_images[:1], sample_programs[:1], "np", 12)  # images, text, return_tensors, max_length
+    keywords = processor(images=sample_images[:1], text=sample_programs[:1], return_tensors="np", max_length=12)
+    np.testing.assert_array_equal(positional["input_ids"], keywords["input_ids"])
+    assert positional["input_ids"].shape == (1, 12)
+
+
 def test_truncation_without_any_length_names_max_length(processor, sample_images, sample_programs):
     processor.tokenizer.model_max_length = int(1e30)  # what tokenizers report when they know no limit
     with pytest.raises(ValueError, match="pass max_length"):
