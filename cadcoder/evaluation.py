@@ -1,6 +1,7 @@
 """Score lists of (prediction, reference) CadQuery programs: VSR, IoU statistics, failure breakdown.
 
-Used by the ``cad_iou`` metric, ``train.py`` and ``cadcoder evaluate``. Every program runs in
+Used by the ``cad_iou`` metric, ``train.py`` (:func:`execution_metrics`, :func:`best_constant_program`) and
+``cadcoder evaluate``. Every program runs in
 :class:`cadcoder.sandbox.Sandbox`; every boolean, tessellation and voxelisation runs there too
 (:func:`cadcoder.geometry.score_task`).
 
@@ -28,18 +29,23 @@ import statistics
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cadcoder.sandbox import FAILURE_REASONS, Sandbox, SandboxResult
+from cadcoder.sandbox import FAILURE_REASONS, Sandbox, SandboxJob, SandboxResult, borrow_or_open
+from cadcoder.tasks import DESCRIBE_SHAPE, REFERENCE, SCORE
 
 __all__ = [
     "DEFAULT_CONSTANT_PROGRAM",
     "evaluate_programs",
     "constant_program_baseline",
+    "best_constant_program",
+    "distinct_share",
+    "execution_metrics",
+    "EXECUTION_KEYS",
     "normalize_whitespace",
     "format_report",
     "evaluate_cli",
@@ -76,6 +82,182 @@ def _derangement(n: int, rng: np.random.Generator) -> list[int]:
         perm = rng.permutation(n)
         if not np.any(perm == np.arange(n)):
             return perm.tolist()
+
+
+def distinct_share(programs: Sequence[str]) -> float:
+    """Share of distinct programs, compared after :func:`normalize_whitespace` (1.0: all differ; 0.0 if empty).
+
+    THE rule for "distinct program": the ``distinct_predictions`` key of :func:`evaluate_programs`,
+    ``execution_metrics`` and every benchmark count with it.
+    """
+    if not programs:
+        return 0.0
+    return len({normalize_whitespace(p) for p in programs}) / len(programs)
+
+
+def _check_inputs(predictions: list[str], references: list[str], protocol: str) -> None:
+    """Raise on mismatched lengths, an unknown protocol or a program that is not a string."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references; pass one reference per prediction")
+    if protocol not in _PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {_PROTOCOLS}")
+    for name, seq in (("predictions", predictions), ("references", references)):
+        bad = [i for i, c in enumerate(seq) if not isinstance(c, str)]
+        if bad:
+            raise TypeError(f"{name}[{bad[0]}] is {type(seq[bad[0]]).__name__}; pass CadQuery source strings")
+
+
+def _load_cache(cache_file: Path | None) -> dict[str, dict[str, Any]]:
+    """Records of a resume file by key (empty when there is no file)."""
+    cache: dict[str, dict[str, Any]] = {}
+    if cache_file is not None and cache_file.exists():
+        with cache_file.open() as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    record = json.loads(line)
+                    cache[record["key"]] = record
+    return cache
+
+
+@dataclass
+class _Plan:
+    """What one evaluation scores: cache keys per pair and chance pair, and the chance derangement."""
+
+    predictions: list[str]
+    references: list[str]
+    score_kwargs: dict[str, Any]
+    pair_keys: list[str]
+    chance_perm: list[int]
+    chance_keys: dict[int, str]
+
+
+def _plan(predictions: list[str], references: list[str], score_kwargs: dict[str, Any], with_chance: bool, seed: int) -> _Plan:
+    """Cache keys of every pair and the seeded chance derangement."""
+    n = len(predictions)
+    pair_keys = [_key("pair", _SCORING_VERSION, p, r, score_kwargs) for p, r in zip(predictions, references, strict=True)]
+    chance_perm = _derangement(n, np.random.default_rng(seed)) if with_chance else []
+    chance_keys = {i: _key("chance", _SCORING_VERSION, references[i], references[j], score_kwargs) for i, j in enumerate(chance_perm)}
+    return _Plan(predictions, references, score_kwargs, pair_keys, chance_perm, chance_keys)
+
+
+def _score_references(sb: Sandbox, plan: _Plan, cache: dict[str, Any], progress: bool) -> dict[str, SandboxResult]:
+    """Run every reference some unscored pair needs (each distinct program once); results by source."""
+    refs = plan.references
+    needed = {refs[i] for i in range(len(refs)) if plan.pair_keys[i] not in cache}
+    needed |= {refs[j] for i, j in enumerate(plan.chance_perm) if plan.chance_keys[i] not in cache}
+    todo = [r for r in dict.fromkeys(refs) if r in needed]
+    results = sb.map([SandboxJob(r, REFERENCE) for r in todo], progress="references" if progress else False)
+    return dict(zip(todo, results, strict=True))
+
+
+_Records = dict[int, dict[str, Any]]
+
+
+def _pair_jobs(
+    plan: _Plan, cache: dict[str, Any], ref_by_code: dict[str, SandboxResult]
+) -> tuple[list[SandboxJob], list[tuple[str, int]], _Records, _Records]:
+    """The sandbox jobs still to run, their (kind, index) slots, and the records the cache already holds."""
+    refs = plan.references
+    jobs: list[SandboxJob] = []
+    slots: list[tuple[str, int]] = []
+    records: dict[int, dict[str, Any]] = {}
+    chance_records: dict[int, dict[str, Any]] = {}
+    for i, key in enumerate(plan.pair_keys):
+        if key in cache:
+            records[i] = cache[key]
+            continue
+        ref = ref_by_code[refs[i]]
+        if ref.ok:  # score against the reference; a failed reference still needs the prediction's status
+            jobs.append(SandboxJob(plan.predictions[i], SCORE, {"reference_brep": ref.value, **plan.score_kwargs}))
+        else:
+            jobs.append(SandboxJob(plan.predictions[i], DESCRIBE_SHAPE, {}))
+        slots.append(("pair", i))
+    for i, j in enumerate(plan.chance_perm):
+        if plan.chance_keys[i] in cache:
+            chance_records[i] = cache[plan.chance_keys[i]]
+            continue
+        ref_i, ref_j = ref_by_code[refs[i]], ref_by_code[refs[j]]
+        if ref_i.ok and ref_j.ok:
+            jobs.append(SandboxJob(refs[i], SCORE, {"reference_brep": ref_j.value, **plan.score_kwargs}))
+            slots.append(("chance", i))
+    return jobs, slots, records, chance_records
+
+
+def _pair_record(key: str, res: SandboxResult, ref: SandboxResult) -> dict[str, Any]:
+    """The cached record of one (prediction, reference) pair."""
+    scored = res.ok and ref.ok
+    return {
+        "key": key,
+        "status": res.status,
+        "error": res.error,
+        "reference_status": ref.status,
+        "reference_error": ref.error,
+        "iou": res.value["iou"] if scored else None,
+        "chamfer": res.value["chamfer"] if scored else None,
+        "method": res.value.get("method") if scored else None,
+    }
+
+
+def _run_pairs(
+    sb: Sandbox, plan: _Plan, cache: dict[str, Any], cache_file: Path | None, progress: bool
+) -> tuple[_Records, _Records]:
+    """Score every pair (and chance pair) not in the cache, appending each finished record to `cache_file`."""
+    ref_by_code = _score_references(sb, plan, cache, progress)
+    jobs, slots, records, chance_records = _pair_jobs(plan, cache, ref_by_code)
+
+    def on_result(index: int, res: SandboxResult) -> None:
+        kind, i = slots[index]
+        if kind == "pair":
+            rec = records[i] = _pair_record(plan.pair_keys[i], res, ref_by_code[plan.references[i]])
+        else:
+            rec = chance_records[i] = {"key": plan.chance_keys[i], "status": res.status,
+                                       "iou": res.value["iou"] if res.ok else None}
+        if cache_file is not None:
+            with cache_file.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+    sb.map(jobs, progress="pairs" if progress else False, on_result=on_result)
+    return records, chance_records
+
+
+def _summarise(predictions: list[str], records: dict[int, dict[str, Any]], protocol: str, fast: bool) -> dict[str, Any]:
+    """The report's statistics from the per-pair records (input order)."""
+    n = len(predictions)
+    statuses = [records[i]["status"] for i in range(n)]
+    ref_failed = [i for i in range(n) if records[i]["reference_status"] != "ok"]
+    ref_failed_set = set(ref_failed)
+    ious = [records[i]["iou"] for i in range(n)]
+    chamfers = [records[i]["chamfer"] for i in range(n)]
+    methods = [records[i].get("method") for i in range(n)]
+    scored = [i for i in range(n) if i not in ref_failed_set]
+    valid_ious = [ious[i] for i in scored if statuses[i] == "ok" and ious[i] is not None]
+    all_ious = [ious[i] if statuses[i] == "ok" and ious[i] is not None else 0.0 for i in scored]
+    valid_chamfers = [c for i, c in enumerate(chamfers) if c is not None and i not in ref_failed_set]
+    failures = Counter(s for s in statuses if s != "ok")
+    return {
+        "protocol": protocol,
+        "fast": bool(fast),
+        "num_samples": n,
+        "valid_syntax_rate": (statuses.count("ok") / n) if n else None,
+        "iou_mean": _stat(valid_ious, statistics.fmean),
+        "iou_median": _stat(valid_ious, statistics.median),
+        "iou_mean_all": _stat(all_ious, statistics.fmean),
+        "chamfer_median": _stat(valid_chamfers, statistics.median),
+        "failures": {reason: failures.get(reason, 0) for reason in FAILURE_REASONS},
+        "ious": ious,
+        "chamfers": chamfers,
+        "methods": methods,
+        "iou_methods": dict(Counter(m for i, m in enumerate(methods) if m is not None and i not in ref_failed_set)),
+        "statuses": statuses,
+        "errors": [records[i].get("error", "") for i in range(n)],
+        "reference_failures": {
+            "count": len(ref_failed),
+            "indices": ref_failed,
+            "reasons": dict(Counter(records[i]["reference_status"] for i in ref_failed)),
+        },
+        "distinct_predictions": distinct_share(predictions) if n else None,
+    }
 
 
 def evaluate_programs(
@@ -122,154 +304,19 @@ def evaluate_programs(
         ``iou_chance``.
     """
     predictions, references = list(predictions), list(references)
-    if len(predictions) != len(references):
-        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references; pass one reference per prediction")
-    if protocol not in _PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; use one of {_PROTOCOLS}")
-    for name, seq in (("predictions", predictions), ("references", references)):
-        bad = [i for i, c in enumerate(seq) if not isinstance(c, str)]
-        if bad:
-            raise TypeError(f"{name}[{bad[0]}] is {type(seq[bad[0]]).__name__}; pass CadQuery source strings")
-    n = len(predictions)
+    _check_inputs(predictions, references, protocol)
     score_kwargs = {"protocol": protocol, "fast": bool(fast), "chamfer_points": int(chamfer_points), "seed": int(seed)}
-
-    cache: dict[str, dict[str, Any]] = {}
     cache_file = Path(cache_path) if cache_path is not None else None
-    if cache_file is not None and cache_file.exists():
-        with cache_file.open() as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    with_key = json.loads(line)
-                    cache[with_key["key"]] = with_key
-
-    own_sandbox = sandbox is None
-    sb = sandbox if sandbox is not None else Sandbox(num_workers=num_workers, timeout=timeout)
-    workers = sb.num_workers
-    try:
-        pair_keys = [_key("pair", _SCORING_VERSION, p, r, score_kwargs) for p, r in zip(predictions, references, strict=True)]
-        chance_perm = _derangement(n, np.random.default_rng(seed)) if with_chance else []
-        chance_keys = {i: _key("chance", _SCORING_VERSION, references[i], references[j], score_kwargs) for i, j in enumerate(chance_perm)}
-        needed_refs = {references[i] for i in range(n) if pair_keys[i] not in cache}
-        needed_refs |= {references[j] for i, j in enumerate(chance_perm) if chance_keys[i] not in cache}
-        # Reference validity must be known for every pair, cached or not.
-        unique_refs = list(dict.fromkeys(references))
-        ref_results = _run_many(sb, workers, [(r, "cadcoder.geometry:reference_task", {}) for r in unique_refs if r in needed_refs], progress, "references")
-        ref_by_code: dict[str, SandboxResult] = dict(zip([r for r in unique_refs if r in needed_refs], ref_results, strict=True))
-
-        jobs: list[tuple[str, Any, dict[str, Any]]] = []
-        job_slots: list[tuple[str, int]] = []
-        records: dict[int, dict[str, Any]] = {}
-        chance_records: dict[int, dict[str, Any]] = {}
-        for i in range(n):
-            if pair_keys[i] in cache:
-                records[i] = cache[pair_keys[i]]
-                continue
-            ref = ref_by_code[references[i]]
-            if ref.ok:
-                jobs.append((predictions[i], "cadcoder.geometry:score_task", {"reference_brep": ref.value, **score_kwargs}))
-            else:
-                jobs.append((predictions[i], "cadcoder.sandbox:describe_shape", {}))
-            job_slots.append(("pair", i))
-        for i, j in enumerate(chance_perm):
-            if chance_keys[i] in cache:
-                chance_records[i] = cache[chance_keys[i]]
-                continue
-            ref_i, ref_j = ref_by_code[references[i]], ref_by_code[references[j]]
-            if ref_i.ok and ref_j.ok:
-                jobs.append((references[i], "cadcoder.geometry:score_task", {"reference_brep": ref_j.value, **score_kwargs}))
-                job_slots.append(("chance", i))
-
-        def on_done(slot: int, res: SandboxResult) -> None:
-            kind, i = job_slots[slot]
-            if kind == "pair":
-                ref = ref_by_code[references[i]]
-                rec = {
-                    "key": pair_keys[i],
-                    "status": res.status,
-                    "error": res.error,
-                    "reference_status": ref.status,
-                    "reference_error": ref.error,
-                    "iou": res.value["iou"] if res.ok and ref.ok else None,
-                    "chamfer": res.value["chamfer"] if res.ok and ref.ok else None,
-                    "method": res.value.get("method") if res.ok and ref.ok else None,
-                }
-                records[i] = rec
-            else:
-                rec = {"key": chance_keys[i], "status": res.status, "iou": res.value["iou"] if res.ok else None}
-                chance_records[i] = rec
-            if cache_file is not None:
-                with cache_file.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-
-        _run_many(sb, workers, jobs, progress, "pairs", on_done=on_done)
-    finally:
-        if own_sandbox:
-            sb.close()
-
-    statuses = [records[i]["status"] for i in range(n)]
-    ref_failed = [i for i in range(n) if records[i]["reference_status"] != "ok"]
-    ref_failed_set = set(ref_failed)
-    ious = [records[i]["iou"] for i in range(n)]
-    chamfers = [records[i]["chamfer"] for i in range(n)]
-    methods = [records[i].get("method") for i in range(n)]
-    scored = [i for i in range(n) if i not in ref_failed_set]
-    valid_ious = [ious[i] for i in scored if statuses[i] == "ok" and ious[i] is not None]
-    all_ious = [ious[i] if statuses[i] == "ok" and ious[i] is not None else 0.0 for i in scored]
-    valid_chamfers = [c for i, c in enumerate(chamfers) if c is not None and i not in ref_failed_set]
-    failures = Counter(s for s in statuses if s != "ok")
-    report: dict[str, Any] = {
-        "protocol": protocol,
-        "fast": bool(fast),
-        "num_samples": n,
-        "valid_syntax_rate": (statuses.count("ok") / n) if n else None,
-        "iou_mean": _stat(valid_ious, statistics.fmean),
-        "iou_median": _stat(valid_ious, statistics.median),
-        "iou_mean_all": _stat(all_ious, statistics.fmean),
-        "chamfer_median": _stat(valid_chamfers, statistics.median),
-        "failures": {reason: failures.get(reason, 0) for reason in FAILURE_REASONS},
-        "ious": ious,
-        "chamfers": chamfers,
-        "methods": methods,
-        "iou_methods": dict(Counter(m for i, m in enumerate(methods) if m is not None and i not in ref_failed_set)),
-        "statuses": statuses,
-        "errors": [records[i].get("error", "") for i in range(n)],
-        "reference_failures": {
-            "count": len(ref_failed),
-            "indices": ref_failed,
-            "reasons": dict(Counter(records[i]["reference_status"] for i in ref_failed)),
-        },
-        "distinct_predictions": (len({normalize_whitespace(p) for p in predictions}) / n) if n else None,
-    }
+    cache = _load_cache(cache_file)
+    plan = _plan(predictions, references, score_kwargs, with_chance, seed)
+    with borrow_or_open(sandbox, num_workers=num_workers, timeout=timeout) as sb:
+        records, chance_records = _run_pairs(sb, plan, cache, cache_file, progress)
+    report = _summarise(predictions, records, protocol, fast)
     if with_chance:
         chance = [chance_records[i]["iou"] for i in chance_records if chance_records[i]["iou"] is not None]
         report["iou_chance"] = _stat(chance, statistics.fmean)
         report["iou_chance_pairs"] = len(chance)
     return report
-
-
-def _run_many(sb: Sandbox, workers: int, jobs: list[tuple[str, Any, dict[str, Any]]], progress: bool, desc: str, on_done=None) -> list[SandboxResult]:
-    """Run jobs over the sandbox with ``workers`` threads, a tqdm bar, and a per-job callback (in the caller thread)."""
-    results: list[SandboxResult | None] = [None] * len(jobs)
-    if not jobs:
-        return []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=desc, unit="prog")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(sb.run, code, task, **kwargs): k for k, (code, task, kwargs) in enumerate(jobs)}
-        for fut in as_completed(futures):
-            k = futures[fut]
-            results[k] = fut.result()
-            if on_done is not None:
-                on_done(k, results[k])
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return results  # type: ignore[return-value]
 
 
 def constant_program_baseline(references: Sequence[str], program: str = DEFAULT_CONSTANT_PROGRAM, **kwargs: Any) -> dict[str, Any]:
@@ -278,6 +325,69 @@ def constant_program_baseline(references: Sequence[str], program: str = DEFAULT_
     Every report should show it next to ``iou_chance``. ``kwargs`` go to :func:`evaluate_programs`.
     """
     return evaluate_programs([program] * len(references), references, **kwargs)
+
+
+EXECUTION_KEYS = ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all", "distinct_predictions")
+"""The headline scalar keys of :func:`execution_metrics` (logged as ``eval_<key>`` during training)."""
+
+
+def execution_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    with_chance: bool = False,
+    **evaluate_kwargs: Any,
+) -> dict[str, Any]:
+    """Score programs by execution with :func:`evaluate_programs`; a flat dict of floats.
+
+    Keeps the scalar keys (VSR, IoU statistics, distinct share, chance level) and the non-zero failure
+    counts as ``failures_<reason>``.
+    """
+    report = evaluate_programs(list(predictions), list(references), with_chance=with_chance, **evaluate_kwargs)
+    metrics: dict[str, Any] = {}
+    for key in (*EXECUTION_KEYS, "chamfer_median", "iou_chance"):
+        value = report.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[key] = float(value) if value is not None and not math.isnan(float(value)) else None
+    if "distinct_predictions" not in metrics:
+        metrics["distinct_predictions"] = distinct_share(predictions)
+    for reason, count in (report.get("failures") or {}).items():
+        if count:
+            metrics[f"failures_{reason}"] = int(count)
+    return metrics
+
+
+def best_constant_program(
+    candidates: Sequence[str],
+    select_references: Sequence[str],
+    test_references: Sequence[str],
+    **evaluate_kwargs: Any,
+) -> dict[str, Any]:
+    """The best single program, chosen on `select_references` and scored on `test_references`.
+
+    A model that ignores its input can at best write one fixed program; choosing that program on held-out
+    validation references (not the test set) and predicting it for every test image gives the score a
+    collapsed model would reach. All pairs are scored in one :func:`evaluate_programs` call (one sandbox start).
+    Returns {"program", "iou_mean_all", "valid_syntax_rate", "select_iou_mean_all"}.
+    """
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("best_constant_program needs at least one candidate program")
+    sel, tst = list(select_references), list(test_references)
+    block = len(sel) + len(tst)
+    preds = [c for c in candidates for _ in range(block)]
+    refs = (sel + tst) * len(candidates)
+    report = evaluate_programs(preds, refs, **evaluate_kwargs)
+    ious = np.nan_to_num(np.asarray([np.nan if v is None else v for v in report["ious"]], dtype=np.float64))
+    ok = np.asarray([s == "ok" for s in report["statuses"]], dtype=np.float64)
+    ious = ious.reshape(len(candidates), block)
+    ok = ok.reshape(len(candidates), block)
+    best = int(np.argmax(ious[:, : len(sel)].mean(axis=1))) if sel else 0
+    return {
+        "program": candidates[best],
+        "select_iou_mean_all": float(ious[best, : len(sel)].mean()) if sel else None,
+        "iou_mean_all": float(ious[best, len(sel) :].mean()),
+        "valid_syntax_rate": float(ok[best, len(sel) :].mean()),
+    }
 
 
 def format_report(report: dict[str, Any]) -> str:

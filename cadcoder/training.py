@@ -1,17 +1,18 @@
-"""Pieces of `train.py` that are not top-to-bottom script material.
-
-`train.py` reads like a recipe; the machinery it leans on lives here:
+"""The training machinery `train.py` leans on (its named steps are in :mod:`cadcoder.recipe`).
 
 * **configuration**: `parse_config` (a JSON file plus command-line overrides, unknown keys refused),
-  `check_dataset_columns`, `check_max_length`;
+  `check_dataset_columns`, `check_max_length`, `config_snapshot`;
 * **per-part optimisation**: `part_of`, `build_param_groups` (one learning rate for the vision encoder,
   the projector and the language model), `parse_stages` + `StagedFreezingCallback` (e.g. a
   projector-only warm-up, then everything);
-* **curriculum**: `CurriculumSampler` (simple programs first, the full distribution later);
-* **evaluation by execution**: `generate_programs`, `execution_metrics`, `best_constant_program`
-  and `CadCoderTrainer`, a `Trainer` whose evaluation also generates programs for a fixed validation
-  subset, runs them in the sandbox and logs VSR / IoU beside the loss;
-* **output**: `write_model_card` (README.md with Hub metadata, measured results and the training config).
+* **curriculum**: `CurriculumSampler` (in `cadcoder.curriculum`: simple programs first, the full distribution later);
+* **evaluation by execution**: `generate_programs` and `CadCoderTrainer`, a `Trainer` whose evaluation also
+  generates programs for a fixed validation subset, runs them in the sandbox and logs VSR / IoU beside the
+  loss (scored by `cadcoder.evaluation.execution_metrics`).
+
+`execution_metrics`, `best_constant_program`, `distinct_share`, `EXECUTION_KEYS` (now in
+`cadcoder.evaluation`), `extend_text_positions` (`cadcoder.factory`), `write_model_card` (`cadcoder.model_card`) and
+`build_synthetic_mix` (`cadcoder.synth`) are still importable from here.
 """
 
 from __future__ import annotations
@@ -20,18 +21,46 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Sampler
 from transformers import HfArgumentParser, Trainer, TrainerCallback
+
+from cadcoder.curriculum import CurriculumSampler
+from cadcoder.evaluation import EXECUTION_KEYS, best_constant_program, distinct_share, execution_metrics
+from cadcoder.factory import extend_text_positions
+from cadcoder.model_card import write_model_card
+from cadcoder.synth import build_synthetic_mix
+
+__all__ = [
+    "CadCoderTrainer",
+    "CurriculumSampler",
+    "EXECUTION_KEYS",
+    "GenerationEvalConfig",
+    "Stage",
+    "StagedFreezingCallback",
+    "best_constant_program",
+    "build_param_groups",
+    "build_synthetic_mix",
+    "check_dataset_columns",
+    "check_max_length",
+    "config_snapshot",
+    "decode_programs",
+    "distinct_share",
+    "execution_metrics",
+    "extend_text_positions",
+    "generate_programs",
+    "parse_config",
+    "parse_stages",
+    "part_of",
+    "stage_at",
+    "write_model_card",
+]
 
 PARTS: tuple[str, ...] = ("vision", "projector", "language")
 # Substrings of parameter names that identify each part (LLaVA naming: vision_tower ->
@@ -103,77 +132,6 @@ def check_max_length(max_length: int, num_image_tokens: int, prompt_tokens: int 
             f"program; raise --max_length (programs need a few hundred tokens more), or lower --image_size "
             "or use --visual_tokens pooled."
         )
-
-
-def build_synthetic_mix(
-    num: int,
-    out_dir: str | os.PathLike,
-    complexities: Sequence[int] = (3,),
-    seed: int = 0,
-    **build_kwargs: Any,
-) -> Path:
-    """Build a synthetic set whose samples spread evenly over generator complexity levels; return its folder.
-
-    One complexity gives `cadcoder.synth.build_synthetic_dataset` straight into `out_dir`. Several are built
-    side by side in `out_dir.parts/complexity-<c>` (each resumable, seed `seed + 1000 * c`), then their
-    splits are concatenated and saved to `out_dir` (`save_to_disk`), so the result loads like any dataset.
-    A curriculum can then order the mix by program length, simple families first. `build_kwargs` (``workers``,
-    ``image_size``, ``render_style``, ...) go to every level's `build_synthetic_dataset`; with
-    ``render_style="random"`` the same programs get domain-randomised renders.
-    """
-    import datasets
-
-    from cadcoder.synth import build_synthetic_dataset
-
-    out = Path(out_dir)
-    levels = sorted(set(int(c) for c in complexities))
-    if not levels:
-        raise ValueError("complexities must name at least one generator level, e.g. [0, 1, 2, 3]")
-    if len(levels) == 1:
-        build_synthetic_dataset(num, out, seed=seed, complexity=levels[0], **build_kwargs)
-        return out
-    parts = []
-    for i, level in enumerate(levels):
-        share = num // len(levels) + (1 if i < num % len(levels) else 0)
-        part_dir = out.with_name(out.name + ".parts") / f"complexity-{level}"
-        parts.append(build_synthetic_dataset(share, part_dir, seed=seed + 1000 * level, complexity=level,
-                                             **build_kwargs))
-    mixed = datasets.DatasetDict({
-        split: datasets.concatenate_datasets([p[split] for p in parts]).shuffle(seed=seed) for split in parts[0]
-    })
-    tmp = out.with_name(out.name + ".tmp")
-    mixed.save_to_disk(str(tmp))
-    tmp.rename(out)  # atomic: a half-written folder never looks like a finished dataset
-    return out
-
-
-def extend_text_positions(model: torch.nn.Module, num_positions: int) -> bool:
-    """Let the language model attend over `num_positions` tokens; True if anything changed.
-
-    Rotary models (CodeGen) have no learned position weights, so their sin/cos tables are simply rebuilt
-    longer (fine-tuning then adapts to the unseen positions). Learned absolute positions (GPT-2's `wpe`)
-    cannot be extended without new untrained rows: that raises a ValueError naming the limit.
-    """
-    text_config = getattr(model.config, "text_config", model.config)
-    limit = getattr(text_config, "n_positions", None) or getattr(text_config, "max_position_embeddings", None)
-    if limit is None or num_positions <= limit:
-        return False
-    rotary = [m for m in model.modules() if hasattr(m, "embed_positions") and hasattr(m, "pos_embd_dim")]
-    if not rotary:
-        raise ValueError(
-            f"max_length={num_positions} exceeds the language model's {limit} learned positions "
-            f"({text_config.model_type}); use --max_length {limit} (longer programs are dropped) or a rotary LM such as CodeGen."
-        )
-    from transformers.models.codegen.modeling_codegen import create_sinusoidal_positions
-
-    for module in rotary:
-        table = create_sinusoidal_positions(num_positions, module.pos_embd_dim)
-        module.embed_positions = table.to(module.embed_positions.device, module.embed_positions.dtype)
-        module.max_positions = num_positions
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if hasattr(text_config, name):
-            setattr(text_config, name, num_positions)
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,75 +261,6 @@ class StagedFreezingCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------------------------
-# Curriculum
-# --------------------------------------------------------------------------------------------
-class CurriculumSampler(Sampler[int]):
-    """Competence-based curriculum: draw from the easiest share of the data, growing to all of it.
-
-    At the k-th sample drawn since training began, the pool is the easiest
-    `c(k) = min(1, sqrt(start**2 + (1 - start**2) * k / ramp_samples))` share of the examples
-    (Platanios et al., 2019), ordered by `difficulties`. Deterministic given the seed and the epoch,
-    so resumed and multi-process runs see the same order.
-
-    With `lengths` and `batch_size`, consecutive windows of `batch_size * group` draws are sorted by
-    length and cut into batches (shuffled within the window): batches then hold programs of similar
-    length, so far less compute goes to padding, while the curriculum still advances window by window.
-    """
-
-    def __init__(
-        self,
-        difficulties: Sequence[float],
-        start: float = 0.2,
-        ramp_samples: int = 1,
-        seed: int = 0,
-        lengths: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        group: int = 16,
-    ) -> None:
-        if not 0 < start <= 1:
-            raise ValueError(f"curriculum start share must be in (0, 1], got {start}")
-        self.order = np.argsort(np.asarray(difficulties, dtype=np.float64), kind="stable")
-        self.start = float(start)
-        self.ramp_samples = max(1, int(ramp_samples))
-        self.seed = int(seed)
-        self.lengths = None if lengths is None else np.asarray(lengths)
-        self.batch_size = batch_size
-        self.group = max(1, int(group))
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer at every epoch so each epoch's draw differs but is reproducible."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def _draw(self, rng: np.random.Generator) -> np.ndarray:
-        n = len(self.order)
-        k0 = self.epoch * n
-        competence = np.minimum(1.0, np.sqrt(self.start**2 + (1 - self.start**2) * (k0 + np.arange(n)) / self.ramp_samples))
-        if competence[0] >= 1.0:  # fully competent: a plain permutation, every example once per epoch
-            return self.order[rng.permutation(n)]
-        pool = np.maximum(1, np.ceil(competence * n).astype(np.int64))
-        return self.order[(rng.random(n) * pool).astype(np.int64)]
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        indices = self._draw(rng)
-        if self.lengths is None or not self.batch_size:
-            return iter(indices.tolist())
-        window = self.batch_size * self.group
-        out: list[int] = []
-        for w in range(0, len(indices), window):
-            chunk = indices[w : w + window]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches = [chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
-            for b in rng.permutation(len(batches)):
-                out.extend(batches[b].tolist())
-        return iter(out)
-
-
-# --------------------------------------------------------------------------------------------
 # Evaluation by execution
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
@@ -391,22 +280,18 @@ def generate_programs(
     """
     import contextlib
 
+    from cadcoder.inference import generate_new_tokens
+
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     programs: list[str] = []
     try:
         for start in range(0, len(images), batch_size):
             chunk = list(images[start : start + batch_size])
-            inputs = processor(images=chunk, return_tensors="pt")
-            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-            if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-                inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
             with autocast() if autocast is not None else contextlib.nullcontext():  # a fresh context per batch
-                out = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced_gpus
-                )
-            new_tokens = out[:, inputs["input_ids"].shape[1] :]  # (B, T_new): generate returns prompt + new
+                new_tokens = generate_new_tokens(
+                    model, processor, chunk, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced_gpus
+                )  # (B, T_new)
             programs.extend(decode_programs(processor, new_tokens))
     finally:
         model.train(was_training)
@@ -422,79 +307,6 @@ def decode_programs(processor: Any, token_ids: torch.Tensor) -> list[str]:
         if isinstance(cleaned, list):
             return [str(c) for c in cleaned]
     return [t.strip() for t in texts]
-
-
-def distinct_share(programs: Sequence[str]) -> float:
-    """Share of distinct programs after normalising whitespace (1.0: all differ)."""
-    if not programs:
-        return 0.0
-    return len({" ".join(p.split()) for p in programs}) / len(programs)
-
-
-EXECUTION_KEYS = ("valid_syntax_rate", "iou_mean", "iou_median", "iou_mean_all", "distinct_predictions")
-
-
-def execution_metrics(
-    predictions: Sequence[str],
-    references: Sequence[str],
-    with_chance: bool = False,
-    **evaluate_kwargs: Any,
-) -> dict[str, Any]:
-    """Score programs by execution with `cadcoder.evaluation.evaluate_programs`; a flat dict of floats.
-
-    Keeps the scalar keys (VSR, IoU statistics, distinct share, chance level) and the non-zero failure
-    counts as `failures_<reason>`.
-    """
-    from cadcoder.evaluation import evaluate_programs
-
-    report = evaluate_programs(list(predictions), list(references), with_chance=with_chance, **evaluate_kwargs)
-    metrics: dict[str, Any] = {}
-    for key in (*EXECUTION_KEYS, "chamfer_median", "iou_chance"):
-        value = report.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics[key] = float(value) if value is not None and not math.isnan(float(value)) else None
-    if "distinct_predictions" not in metrics:
-        metrics["distinct_predictions"] = distinct_share(predictions)
-    for reason, count in (report.get("failures") or {}).items():
-        if count:
-            metrics[f"failures_{reason}"] = int(count)
-    return metrics
-
-
-def best_constant_program(
-    candidates: Sequence[str],
-    select_references: Sequence[str],
-    test_references: Sequence[str],
-    **evaluate_kwargs: Any,
-) -> dict[str, Any]:
-    """The best single program, chosen on `select_references` and scored on `test_references`.
-
-    A model that ignores its input can at best write one fixed program; choosing that program on held-out
-    validation references (not the test set) and predicting it for every test image gives the score a
-    collapsed model would reach. All pairs are scored in one `evaluate_programs` call (one sandbox start).
-    Returns {"program", "iou_mean_all", "valid_syntax_rate", "select_iou_mean_all"}.
-    """
-    from cadcoder.evaluation import evaluate_programs
-
-    candidates = list(candidates)
-    if not candidates:
-        raise ValueError("best_constant_program needs at least one candidate program")
-    sel, tst = list(select_references), list(test_references)
-    block = len(sel) + len(tst)
-    preds = [c for c in candidates for _ in range(block)]
-    refs = (sel + tst) * len(candidates)
-    report = evaluate_programs(preds, refs, **evaluate_kwargs)
-    ious = np.nan_to_num(np.asarray([np.nan if v is None else v for v in report["ious"]], dtype=np.float64))
-    ok = np.asarray([s == "ok" for s in report["statuses"]], dtype=np.float64)
-    ious = ious.reshape(len(candidates), block)
-    ok = ok.reshape(len(candidates), block)
-    best = int(np.argmax(ious[:, : len(sel)].mean(axis=1))) if sel else 0
-    return {
-        "program": candidates[best],
-        "select_iou_mean_all": float(ious[best, : len(sel)].mean()) if sel else None,
-        "iou_mean_all": float(ious[best, len(sel) :].mean()),
-        "valid_syntax_rate": float(ok[best, len(sel) :].mean()),
-    }
 
 
 @dataclass
@@ -655,91 +467,6 @@ class CadCoderTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             broadcast_object_list(result, from_process=0)
         return dict(result[0])
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def write_model_card(
-    output_dir: str | os.PathLike,
-    *,
-    config: Mapping[str, Any],
-    results: Mapping[str, Any] | None = None,
-    model_description: str = "",
-    dataset: str | None = None,
-    base_models: Sequence[str] = (),
-    hub_model_id: str | None = None,
-) -> Path:
-    """Write `output_dir/README.md`: Hub metadata, how to use, measured results and the training config.
-
-    `results` holds the measured figures (e.g. test iou_mean_all, iou_chance, constant baseline,
-    distinct share, VSR); None writes a card that says training is in progress.
-    """
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "license: apache-2.0", "tags:"]
-    front += [f"- {t}" for t in ("custom_code", "cadcoder", "cadquery", "cad", "image-to-code")]
-    if dataset and not Path(dataset).exists():
-        front += ["datasets:", f"- {dataset}"]
-    if base_models:
-        front += ["base_model:"] + [f"- {m}" for m in base_models]
-    front.append("---")
-    repo = hub_model_id or str(out)
-    lines = [
-        *front,
-        "",
-        f"# CadCoder: {Path(repo).name}",
-        "",
-        "Image of a mechanical part in, CadQuery program out. "
-        + (model_description or "Trained with `train.py` of the CadCoder project."),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoModel, AutoProcessor",
-        "from PIL import Image",
-        "",
-        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
-        'inputs = processor(images=[Image.open("part.png")], return_tensors="pt")',
-        "out = model.generate(**inputs, max_new_tokens=512, do_sample=False)",
-        'program = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]',
-        "```",
-        "",
-        "Run generated programs only in a sandbox (`cadcoder.sandbox`): they are untrusted code.",
-        "",
-        "## Evaluation",
-        "",
-    ]
-    if results:
-        lines += [
-            "Measured by executing the generated programs (greedy decoding) and comparing solids "
-            f"(protocol `{results.get('protocol', 'aligned')}`, failures count as IoU 0 in `iou_mean_all`). "
-            "`iou_chance` scores each reference against another reference; the constant baseline predicts "
-            "one fixed program (the best of several training programs, chosen on validation) for every image.",
-            "",
-            "| metric | value |",
-            "| --- | --- |",
-        ]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in results.items() if not isinstance(v, (dict, list))]
-    else:
-        lines.append("Training in progress; the final evaluation is written here when training ends.")
-    lines += [
-        "",
-        "## Training config",
-        "",
-        "```json",
-        json.dumps(dict(config), indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
-    path = out / "README.md"
-    path.write_text("\n".join(lines))
-    return path
 
 
 def config_snapshot(*dataclass_objs: Any) -> dict[str, Any]:

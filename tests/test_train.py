@@ -296,7 +296,7 @@ def test_curriculum_batches_group_similar_lengths():
 def test_rotary_positions_extend_and_learned_positions_refuse(make_tiny_cadcoder):
     import torch
 
-    from cadcoder.training import extend_text_positions
+    from cadcoder.factory import extend_text_positions
 
     model, _ = make_tiny_cadcoder(image_size=64, n_positions=64)
     assert extend_text_positions(model, 200) and model.config.text_config.n_positions == 200
