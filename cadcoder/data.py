@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -36,6 +36,7 @@ from cadcoder.schema import (  # noqa: F401  (re-exported: the loader's names fo
 )
 from processing_cadcoder import to_rgb_image
 
+_OPTIONAL_COLUMNS = tuple(c for c in GENCAD_COLUMNS if c not in REQUIRED_COLUMNS)
 _FILE_TYPES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
@@ -54,15 +55,24 @@ def _check_columns(names: Sequence[str], source: str) -> None:
         )
 
 
-def _fill_defaults(batch: dict[str, list], indices: list[int], prefix: str) -> dict[str, list]:
-    """Add the optional GenCAD-Code columns a source lacks."""
-    n = len(batch["cadquery"])
+def _default_column(name: str, indices: Sequence[int], codes: Callable[[], Sequence[str]]) -> list[Any]:
+    """Values of an optional GenCAD-Code column a source lacks, for rows ``indices`` (``codes()``: their programs)."""
+    if name == "deepcad_id":
+        return [f"row{i:08d}" for i in indices]
+    if name == "token_count":
+        return [approx_token_count(c) for c in codes()]
+    if name == "prompt":
+        return [GENCAD_PROMPT] * len(indices)
+    return [False] * len(indices)  # hundred_subset: only the Hub's test split marks its first 100 rows
+
+
+def _fill_defaults(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+    """A streamed batch with the optional GenCAD-Code columns it lacks added."""
     out = {"image": batch["image"], "cadquery": batch["cadquery"]}
-    out["deepcad_id"] = [str(v) for v in batch["deepcad_id"]] if "deepcad_id" in batch else \
-        [f"{prefix}{i:08d}" for i in indices]
-    out["token_count"] = batch["token_count"] if "token_count" in batch else [approx_token_count(c) for c in batch["cadquery"]]
-    out["prompt"] = batch["prompt"] if "prompt" in batch else [GENCAD_PROMPT] * n
-    out["hundred_subset"] = batch["hundred_subset"] if "hundred_subset" in batch else [False] * n
+    for name in _OPTIONAL_COLUMNS:
+        out[name] = batch[name] if name in batch else _default_column(name, indices, lambda: batch["cadquery"])
+    if "deepcad_id" in batch:
+        out["deepcad_id"] = [str(v) for v in batch["deepcad_id"]]
     return out
 
 
@@ -74,7 +84,7 @@ def _normalise(ds: Any, source: str, base_dir: Path | None = None, verify_images
     if isinstance(ds, datasets.IterableDataset):
         # Streaming: schema fixed lazily, images decoded by the collator.
         extra = [c for c in ds.column_names if c not in GENCAD_COLUMNS]
-        ds = ds.map(lambda b, idx: _fill_defaults(b, idx, "row"), batched=True, with_indices=True,
+        ds = ds.map(_fill_defaults, batched=True, with_indices=True,
                     remove_columns=extra or None)
         return ds.cast(gencad_features(decode_images=False))
     feat = ds.features.get("image")
@@ -89,15 +99,9 @@ def _normalise(ds: Any, source: str, base_dir: Path | None = None, verify_images
                 "file), encoded image bytes, or datasets.Image values"
             ) from err
     # Only in-memory schema operations below: no cache file, no copy of the image bytes.
-    n = len(ds)
-    if "deepcad_id" not in ds.column_names:
-        ds = ds.add_column("deepcad_id", [f"row{i:08d}" for i in range(n)])
-    if "token_count" not in ds.column_names:
-        ds = ds.add_column("token_count", [approx_token_count(c) for c in ds["cadquery"]])
-    if "prompt" not in ds.column_names:
-        ds = ds.add_column("prompt", [GENCAD_PROMPT] * n)
-    if "hundred_subset" not in ds.column_names:
-        ds = ds.add_column("hundred_subset", [False] * n)
+    for name in _OPTIONAL_COLUMNS:
+        if name not in ds.column_names:
+            ds = ds.add_column(name, _default_column(name, range(len(ds)), lambda: ds["cadquery"]))
     ds = ds.select_columns(list(GENCAD_COLUMNS))
     for name, feat in gencad_features(decode_images=False).items():
         if ds.features[name] != feat:

@@ -269,30 +269,43 @@ def _base_sketch(rng: np.random.Generator, complexity: int) -> _Sketch:
     return _Sketch(frame, origin, scale, loops, sign * e, both=both)
 
 
-def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base: _Sketch,
-             complexity: int) -> _Sketch:
-    """One further sketch/extrude placed relative to the running bounding box."""
+_Face = tuple[float, float, float, float, float, float]
+"""The running box's ranges along a frame's x, y and normal axes: ``(u_lo, u_hi, v_lo, v_hi, w_lo, w_hi)``."""
+
+
+def _repeat_of(rng: np.random.Generator, base: _Sketch) -> _Sketch:
+    """The base sketch again (DeepCAD has many), with another extrude distance or offset."""
+    e = _extrude_steps(rng, 192) * int(np.sign(base.extrude_steps) or 1)
+    origin = base.origin.copy()
+    if rng.random() < 0.5:
+        origin = origin + base.frame.n * (base.extrude_steps / GRID)
+    return _Sketch(base.frame, origin, base.scale_steps, base.loops, e, op="union")
+
+
+def _sketch_face(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base: _Sketch,
+                 complexity: int) -> tuple[_Frame, _Face]:
+    """A plane to sketch a feature on, and the running box's ranges along its axes.
+
+    A face too small to sketch on (the side of a thin plate) gives way to another plane, then the base one.
+    """
     lo, hi = box
-    kind = rng.choice(["boss", "pocket", "through", "adjacent", "repeat", "intersect"],
-                      p=[0.38, 0.14, 0.06, 0.20, 0.18, 0.04] if complexity >= 3 else
-                      [0.38, 0.30, 0.12, 0.15, 0.05, 0.0])
-    if kind == "repeat":  # same sketch again (DeepCAD has many), different distance or offset
-        e = _extrude_steps(rng, 192) * int(np.sign(base.extrude_steps) or 1)
-        origin = base.origin.copy()
-        if rng.random() < 0.5:
-            origin = origin + base.frame.n * (base.extrude_steps / GRID)
-        return _Sketch(base.frame, origin, base.scale_steps, base.loops, e, op="union")
-    # a face too small to sketch on (the side of a thin plate) -> try another plane, then the base one
     candidates = [base.frame if rng.random() < 0.55 else _pick_frame(rng, complexity),
                   _pick_frame(rng, complexity), base.frame]
     for frame in candidates:
-        u_lo, u_hi, v_lo, v_hi, w_lo, w_hi = _uv_range(frame, lo, hi)
-        fw, fh, depth = u_hi - u_lo, v_hi - v_lo, w_hi - w_lo
-        if min(fw, fh) >= 12 / GRID:
+        face = _uv_range(frame, lo, hi)
+        if min(face[1] - face[0], face[3] - face[2]) >= 12 / GRID:
             break
-    if depth <= 2 / GRID and kind in ("pocket", "through", "intersect"):
-        kind = "boss"
-    loops = random_profile(rng, complexity, max_holes=2 if kind != "intersect" and rng.random() < 0.3 else 0)
+    return frame, face
+
+
+def _fit_profile(rng: np.random.Generator, kind: str, face: _Face, loops: list[Loop]) -> tuple[int, float, float]:
+    """Sketch scale (1/128 steps) and start-vertex position (u, v) of a feature's profile on the face.
+
+    The profile's box sits inside the face, centred or at random, sometimes overhanging an edge (notches);
+    an intersecting profile covers the face.
+    """
+    u_lo, u_hi, v_lo, v_hi, _, _ = face
+    fw, fh = u_hi - u_lo, v_hi - v_lo
     plo, phi = profile_extent(loops)
     pw, ph = phi - plo
     if kind == "intersect":
@@ -305,7 +318,6 @@ def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base:
     scale = _cap_scale(int(np.clip(math.floor(s_units * SKETCH_UNITS * GRID), 1, MAX_SCALE_STEPS)), loops)
     s = scale / GRID / SKETCH_UNITS
     bw, bh = pw * s, ph * s
-    # position of the profile's box inside the face (centred-ish, sometimes overhanging for notches)
     if kind == "intersect":
         pu, pv = (u_lo + u_hi - bw) / 2, (v_lo + v_hi - bh) / 2
     else:
@@ -316,8 +328,14 @@ def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base:
             pu, pv = u_lo + rng.uniform(0, 1) * slack_u, v_lo + rng.uniform(0, 1) * slack_v
         if kind == "pocket" and rng.random() < 0.25:  # notch at an edge
             pu = u_lo - bw / 2 if rng.random() < 0.5 else u_hi - bw / 2
-    u0, v0 = pu - plo[0] * s, pv - plo[1] * s
-    depth_steps = max(1, _q(depth))
+    return scale, pu - plo[0] * s, pv - plo[1] * s
+
+
+def _extrude_on_face(rng: np.random.Generator, kind: str, face: _Face, loops: list[Loop], scale: int,
+                     u0: float, v0: float) -> tuple[float, float, float, int, str, bool]:
+    """How a feature of ``kind`` extrudes: ``(u0, v0, w0, signed steps, op, both)``, (u0, v0, w0) its start vertex."""
+    u_lo, u_hi, v_lo, v_hi, w_lo, w_hi = face
+    depth_steps = max(1, _q(w_hi - w_lo))
     top = rng.random() < 0.7
     w_face = w_hi if top else w_lo
     outward = 1 if top else -1
@@ -337,6 +355,9 @@ def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base:
         else:
             e = -outward * depth_steps
     elif kind == "adjacent":  # a block beside the part, sharing the base plane
+        plo, phi = profile_extent(loops)
+        s = scale / GRID / SKETCH_UNITS
+        bw, bh = (phi - plo) * s
         side = rng.integers(0, 4)
         if side == 0:
             u0 = u_hi - plo[0] * s
@@ -352,10 +373,27 @@ def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base:
         op = "intersect"
         w_face = w_lo
         e = depth_steps
+    return u0, v0, w_face, int(e), op, both
+
+
+def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base: _Sketch,
+             complexity: int) -> _Sketch:
+    """One further sketch/extrude placed relative to the running bounding box."""
+    kind = rng.choice(["boss", "pocket", "through", "adjacent", "repeat", "intersect"],
+                      p=[0.38, 0.14, 0.06, 0.20, 0.18, 0.04] if complexity >= 3 else
+                      [0.38, 0.30, 0.12, 0.15, 0.05, 0.0])
+    if kind == "repeat":
+        return _repeat_of(rng, base)
+    frame, face = _sketch_face(rng, box, base, complexity)
+    if face[5] - face[4] <= 2 / GRID and kind in ("pocket", "through", "intersect"):
+        kind = "boss"
+    loops = random_profile(rng, complexity, max_holes=2 if kind != "intersect" and rng.random() < 0.3 else 0)
+    scale, u0, v0 = _fit_profile(rng, kind, face, loops)
+    u0, v0, w_face, e, op, both = _extrude_on_face(rng, kind, face, loops, scale, u0, v0)
     origin = _place(frame, u0, v0, w_face)
     if np.abs(origin).max() > 1.0:
         origin = np.clip(origin, -1.0, 1.0)
-    sk = _Sketch(frame, origin, scale, loops, int(e), both=both, op=op)
+    sk = _Sketch(frame, origin, scale, loops, e, both=both, op=op)
     if complexity >= 3 and not both and op != "intersect" and rng.random() < 0.03:
         sk.second_steps = -int(np.sign(e)) * int(rng.integers(1, max(2, abs(e))))
     return sk
