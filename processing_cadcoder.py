@@ -77,7 +77,7 @@ def _array_to_float(array: np.ndarray, kind: str) -> np.ndarray:
             f"{kind} image has shape {tuple(array.shape)}; pass (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 "
             "(or a 4-D batch)."
         )
-    if array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):
+    if array.shape[-1] not in (1, 2, 3, 4) and array.shape[0] in (1, 2, 3, 4):  # channels-last wins a tie
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     channels = array.shape[-1]
     if channels not in (1, 3, 4):
@@ -227,6 +227,7 @@ class CadCoderImageProcessor(BaseImageProcessor):
             pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
         elif self.num_channels == 3 and pixels.shape[-1] == 1:
             pixels = np.repeat(pixels, 3, axis=-1)
+        # Resized in float, one "F" image per channel: transformers' `resize` goes through 8-bit PIL images.
         channels = [
             np.asarray(
                 Image.fromarray(np.ascontiguousarray(pixels[..., c], dtype=np.float32), mode="F").resize(
