@@ -1,4 +1,4 @@
-"""Baseline vs enhanced, answered with measurements (issue 7).
+"""Baseline vs enhanced, answered with measurements.
 
 Trains and evaluates, on the same synthetic train / validation / test split and with the same number of
 optimizer steps, batch size, learning-rate schedule and seed, these CadCoder variants (every decoder tiny
@@ -16,10 +16,11 @@ ours               grid             CodeGen      trained jointly            cano
 =================  ===============  ===========  =========================  =================
 
 ``seed_*`` reproduce the seed submission's two models; ``plus_*`` add each of our changes on its own to
-the seed's enhancement (the ablation); ``ours`` has all three. Training is ``train.py``'s own ``main``
-(one JSON config per variant, written next to its results, so ``python train.py <that config>``
-reruns one variant); scoring is ``cadcoder.evaluation`` through the sandbox. Nothing here re-implements
-either.
+the seed's enhancement (the ablation); ``ours`` has all three (the variants and presets are in
+``cadcoder.quality_variants``). Training runs ``train.py``'s own named steps (``cadcoder.recipe``), on one JSON
+config per variant written next to its results, so ``python train.py <that config>`` reruns one variant;
+the test set is selected, generated for and scored by the same steps as train.py's test phase, through the
+sandbox (``cadcoder.evaluation``). Nothing here re-implements either.
 
 Every table carries the two floors a model must clear: ``iou_chance`` (each test reference scored
 against another reference) and the constant program (the best fixed program among the default one and a
@@ -52,244 +53,45 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from cadcoder.provenance import git_commit, machine_info  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402  (after the offline switches above)
+from transformers import AutoTokenizer, set_seed  # noqa: E402
 
-# --------------------------------------------------------------------------------------------------
-# What is compared
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Variant:
-    """One model recipe: the three switches of the ablation plus the decoder family."""
-
-    name: str
-    label: str
-    visual_tokens: str  # "pooled" | "grid"
-    text_model_type: str  # "gpt2" | "codegen"
-    joint: bool  # True: encoder + projector + LM train together; False: encoder frozen
-    canonical_numbers: bool
-
-    def train_options(self) -> dict[str, Any]:
-        """The train.py options this variant sets (everything else is shared)."""
-        return {
-            "visual_tokens": self.visual_tokens,
-            "text_model_type": self.text_model_type,
-            "train_stages": "all" if self.joint else "projector+language",
-            "canonical_numbers": self.canonical_numbers,
-        }
-
-    def describe(self) -> dict[str, str]:
-        """Human-readable switches for the tables."""
-        return {
-            "visual tokens": self.visual_tokens,
-            "decoder": "GPT-2" if self.text_model_type == "gpt2" else "CodeGen",
-            "encoder": "joint" if self.joint else "frozen",
-            "numbers": "canonical" if self.canonical_numbers else "raw",
-        }
-
-
-VARIANTS: tuple[Variant, ...] = (  # the headline comparison first: a run cut short still answers it
-    Variant("seed_baseline", "seed baseline (pooled + GPT-2, frozen encoder)", "pooled", "gpt2", False, False),
-    Variant("seed_enhanced", "seed enhancement (pooled + CodeGen, frozen encoder)", "pooled", "codegen", False, False),
-    Variant("ours", "ours (grid + joint + canonical numbers)", "grid", "codegen", True, True),
-    Variant("plus_grid", "seed enhancement + grid visual tokens", "grid", "codegen", False, False),
-    Variant("plus_joint", "seed enhancement + joint training", "pooled", "codegen", True, False),
-    Variant("plus_canonical", "seed enhancement + canonical numbers", "pooled", "codegen", False, True),
+from cadcoder import recipe  # noqa: E402
+from cadcoder.data import canonicalize_numbers, decode_image, load_cad_dataset  # noqa: E402
+from cadcoder.evaluation import best_constant_program, evaluate_programs, execution_metrics  # noqa: E402
+from cadcoder.inference import load_model  # noqa: E402
+from cadcoder.model_card import write_model_card  # noqa: E402
+from cadcoder.provenance import git_commit, machine_info  # noqa: E402
+from cadcoder.quality_variants import (  # noqa: E402
+    PRESETS,
+    VARIANTS,
+    VARIANTS_BY_NAME,
+    Variant,
+    resolve_settings,
+    select_variants,
+    settings_key,
+    train_config,
 )
-VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+from cadcoder.sandbox import Sandbox  # noqa: E402
+from cadcoder.synth import build_synthetic_mix  # noqa: E402
+from cadcoder.training import config_snapshot, generate_programs  # noqa: E402
+from configuration_cadcoder import CadCoderConfig  # noqa: E402
 
-# Shared train.py options per preset. Benchmark-level settings (not train.py options) start with "bench_".
-_COMMON: dict[str, Any] = {
-    "model_init": "tiny",
-    "report_to": "none",
-    "remove_unused_columns": False,
-    "dataloader_num_workers": 0,
-    "save_strategy": "no",
-    "eval_strategy": "steps",
-    "load_best_model_at_end": False,
-    "disable_tqdm": True,
-    "seed": 0,
-    "synth_seed": 0,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,
-    "eval_protocol": "aligned",
-    }
-PRESETS: dict[str, dict[str, Any]] = {
-    # A test runs this: every code path, tiny everything; the numbers mean nothing.
-    "smoke": {
-        **_COMMON,
-        "dataset": "data/synth-quality-smoke",
-        "synth_num": 60,
-        "synth_complexity": [0],
-        "synth_image_size": 128,
-        "synth_workers": 1,
-        "image_size": 64,
-        "n_layer": 1,
-        "n_embd": 32,
-        "n_head": 2,
-        "tokenizer_vocab_size": 300,
-        "max_length": 512,
-        "packing": True,
-        "max_steps": 3,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "linear",
-        "warmup_steps": 1,
-        "logging_steps": 1,
-        "eval_steps": 3,
-        "max_eval_samples": 4,
-        "generate_eval_samples": 2,
-        "generate_max_new_tokens": 24,
-        "generate_batch_size": 4,
-        "eval_timeout": 20.0,
-        "eval_num_workers": 1,
-        "bench_test_samples": 3,
-        "bench_self_check_samples": 2,
-        "use_cpu": True,
-        "bench_constant_candidates": 2,
-        "bench_select_references": 2,
-        "bench_workers": 1,
-    },
-    # The README table. Same data, model shape and recipe as configs/quickstart.json (the recipe the H100 sweep in
-    # benchmarks/quickstart_sweep.py chose: lr 1e-3 with warm-up, random batches packed into rows, no curriculum),
-    # with a shorter max_length and 700 steps instead of 1500 so that the six variants fit a 2-core session:
-    # about 8-10 min per variant on a quiet machine. Image reliance still grows at 700 steps: scale with
-    # --set max_steps=N.
-    "full": {
-        **_COMMON,
-        "dataset": "data/synth-quickstart",
-        "synth_num": 4000,
-        "synth_complexity": [0, 1, 2, 3],
-        "synth_image_size": 448,
-        "synth_workers": 2,
-        "image_size": 128,
-        "n_layer": 4,
-        "n_embd": 256,
-        "n_head": 4,
-        "tokenizer_vocab_size": 1024,
-        # 384 tokens keep ~80 % of the programs (longer ones are dropped from training, never truncated) and
-        # bound generation, which a model that has not learned to stop runs to the end.
-        "max_length": 384,
-        "packing": True,
-        "number_decimals": 3,
-        "max_steps": 700,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 70,
-        "bf16": True,
-        "logging_steps": 25,
-        "eval_steps": 175,
-        "max_eval_samples": 32,
-        "generate_eval_samples": 8,
-        "generate_batch_size": 16,
-        "eval_timeout": 10.0,
-        "eval_num_workers": 2,
-        "use_cpu": True,
-        "bench_test_samples": 50,
-        "bench_mecagent_samples": 25,  # the challenge's voxel IoU costs ~0.3-1 s a pair on 2 cores
-        "bench_self_check_samples": 5,
-        "bench_generate_batch_size": 25,
-        "bench_constant_candidates": 2,
-        "bench_select_references": 8,
-        "bench_workers": 2,
-    },
-    # Real sizes: 448 px (196 grid tokens), the codegen-350M-mono shape (random init), 20K synthetic pairs.
-    # Meant for one GPU; never run on the CPU machines this project was built on.
-    "gpu": {
-        **_COMMON,
-        "dataset": "data/synth-20k",
-        "synth_num": 20000,
-        "synth_complexity": [0, 1, 2, 3],
-        "synth_image_size": 448,
-        "synth_workers": 8,
-        "image_size": 448,
-        "n_layer": 20,
-        "n_embd": 1024,
-        "n_head": 16,
-        "tokenizer_vocab_size": 4096,
-        "max_length": 1024,
-        "max_steps": 5000,
-        "per_device_train_batch_size": 32,
-        "per_device_eval_batch_size": 32,
-        "learning_rate": 3e-4,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 250,
-        "bf16": True,
-        "logging_steps": 50,
-        "eval_steps": 500,
-        "max_eval_samples": 512,
-        "generate_eval_samples": 128,
-        "generate_batch_size": 64,
-        "eval_timeout": 10.0,
-        "eval_num_workers": 8,
-        "bench_test_samples": 1000,
-        "use_cpu": False,
-        "bench_constant_candidates": 16,
-        "bench_select_references": 128,
-        "bench_workers": 8,
-    },
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text  # a bare string such as cosine
-
-
-def resolve_settings(preset: str, overrides: Sequence[str]) -> dict[str, Any]:
-    """The preset's options with ``KEY=VALUE`` overrides applied (values parsed as JSON when they can be)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    settings = dict(PRESETS[preset])
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set max_steps=600")
-        settings[key.strip()] = _parse_value(value.strip())
-    return settings
-
-
-def train_config(settings: dict[str, Any], variant: Variant, output_dir: Path) -> dict[str, Any]:
-    """The full train.py config of one variant: shared settings + the variant's switches."""
-    config = {k: v for k, v in settings.items() if not k.startswith("bench_")}
-    config.update(variant.train_options())
-    config["test_samples"] = 0  # the benchmark scores the test set itself, on one shared sandbox
-    config["output_dir"] = str(output_dir)
-    config["_comment"] = f"benchmarks/quality.py variant {variant.name}: {variant.label}"
-    return config
-
-
-def settings_key(config: dict[str, Any]) -> str:
-    """A hash of everything that changes a variant's result (output_dir and comments excluded)."""
-    relevant = {k: v for k, v in config.items() if k != "output_dir" and not k.startswith("_comment")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+REPO = Path(__file__).resolve().parents[1]  # default output and dataset folders live in the checkout
 
 
 def _abs_dataset(settings: dict[str, Any]) -> dict[str, Any]:
@@ -304,9 +106,6 @@ def _abs_dataset(settings: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 def ensure_dataset(settings: dict[str, Any]) -> tuple[Any, float]:
     """Build the synthetic set if its folder is missing (cached afterwards); return it and the build seconds."""
-    from cadcoder.data import load_cad_dataset
-    from cadcoder.training import build_synthetic_mix
-
     path = Path(settings["dataset"])
     seconds = 0.0
     if not (path / "dataset_dict.json").exists():
@@ -321,9 +120,8 @@ def ensure_dataset(settings: dict[str, Any]) -> tuple[Any, float]:
 
 
 def test_references(data: Any, settings: dict[str, Any]) -> list[str]:
-    """The test programs every variant is scored on (same selection as train.py's test step)."""
-    test = data["test"]
-    return list(test.select(range(min(settings["bench_test_samples"], len(test))))["cadquery"])
+    """The test programs every variant is scored on (train.py's test selection)."""
+    return list(recipe.held_out_subset(data, "test", settings["bench_test_samples"])["cadquery"])
 
 
 def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbox: Any) -> dict[str, Any]:
@@ -337,14 +135,8 @@ def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbo
     metric); under ``mecagent`` that check runs on the first ``bench_self_check_samples`` references only, and
     everything is scored on the first ``bench_mecagent_samples`` test parts (its voxelisation is the slow part).
     """
-    from cadcoder.evaluation import DEFAULT_CONSTANT_PROGRAM, evaluate_programs
-    from cadcoder.training import best_constant_program
-
-    train = data["train"]
-    pool = train.shuffle(seed=settings["seed"]).select(range(min(settings["bench_constant_candidates"], len(train))))
-    candidates = [DEFAULT_CONSTANT_PROGRAM, *pool["cadquery"]]
-    val = data["validation"]
-    select = list(val.select(range(min(settings["bench_select_references"], len(val))))["cadquery"])
+    candidates = recipe.constant_candidates(data["train"], settings["bench_constant_candidates"], settings["seed"])
+    select = recipe.select_references(data["validation"], settings["bench_select_references"])
     out: dict[str, Any] = {"constant_candidates": len(candidates), "select_references": len(select)}
 
     t0 = time.perf_counter()
@@ -382,20 +174,23 @@ def score_baselines(data: Any, refs: list[str], settings: dict[str, Any], sandbo
 # --------------------------------------------------------------------------------------------------
 # One variant
 # --------------------------------------------------------------------------------------------------
-_TRAIN_MODULE: Any = None
+def train_variant(config_path: Path) -> dict[str, Any]:
+    """train.py's steps on one variant's config, up to the trained, saved model and its card.
 
-
-def _train_main(argv: list[str]) -> dict[str, Any]:
-    """train.py's ``main`` (the script is a file at the repository root, loaded once)."""
-    global _TRAIN_MODULE
-    if _TRAIN_MODULE is None:
-        spec = importlib.util.spec_from_file_location("cadcoder_train_script", REPO / "train.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while train.py is being executed
-        spec.loader.exec_module(module)
-        _TRAIN_MODULE = module
-    return _TRAIN_MODULE.main(argv)
+    Its config sets ``test_samples`` to 0: the benchmark scores the test set itself, on one shared sandbox.
+    """
+    margs, dargs, targs, stages = recipe.parse_options([str(config_path)])
+    set_seed(targs.seed)
+    splits = recipe.load_splits(dargs, targs)
+    train_programs = [recipe.program_text(c, dargs) for c in splits.train["cadquery"]]
+    model, processor = recipe.build_model_and_processor(margs, dargs, targs, train_programs)
+    fit = recipe.fit_lengths(model, processor, splits, dargs, targs)
+    trainer = recipe.build_trainer(model, processor, fit, splits, stages, margs, dargs, targs)
+    snapshot, card = config_snapshot(margs, dargs, targs), recipe.card_options(margs, dargs, targs)
+    recipe.save_hub_folder(trainer, snapshot, card)
+    results = recipe.train(trainer)
+    write_model_card(targs.output_dir, config=snapshot, results=results, **card)
+    return results
 
 
 def learning_curve(log_history: list[dict[str, Any]]) -> dict[str, list]:
@@ -418,54 +213,32 @@ def learning_curve(log_history: list[dict[str, Any]]) -> dict[str, list]:
 def token_lengths(output_dir: Path, programs: list[str], canonical: bool, decimals: int) -> dict[str, float] | None:
     """Mean / median / max tokens of ``programs`` with the variant's own tokenizer and number format."""
     try:
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
     except Exception as err:  # noqa: BLE001 - a missing statistic must not lose a finished training run
         print(f"[quality] token lengths skipped ({type(err).__name__}: {err})", flush=True)
         return None
-    from cadcoder.data import canonicalize_numbers
-
     texts = [canonicalize_numbers(p, decimals) if canonical else p for p in programs]
     lengths = sorted(len(ids) for ids in tokenizer(texts)["input_ids"])
     return {"mean": round(sum(lengths) / len(lengths), 1), "median": float(lengths[len(lengths) // 2]),
             "max": float(lengths[-1]), "characters_mean": round(sum(map(len, texts)) / len(texts), 1)}
 
 
-def generation_length(processor: Any, train_programs: list[str], image: Any, max_length: int,
-                      override: int | None = None) -> int:
-    """train.py's rule for max_new_tokens: longest training program that fits, + 10 % (capped by max_length)."""
-    if override:
-        return int(override)
-    prompt = len(processor(images=[image], return_tensors="pt")["input_ids"][0])
-    budget = max_length - prompt - 1
-    lengths = [len(ids) for ids in processor.tokenizer(train_programs)["input_ids"]]
-    kept = [n for n in lengths if n <= budget] or [budget]
-    return min(budget, int(max(kept) * 1.1) + 8)
-
-
 def score_test(vdir: Path, variant: Variant, settings: dict[str, Any], data: Any, sandbox: Any) -> dict[str, Any]:
     """Greedy programs for the test images from the trained model in ``vdir``, scored under both protocols.
 
-    Uses train.py's own generation (``cadcoder.training.generate_programs``) and scoring
-    (``cadcoder.training.execution_metrics`` over ``cadcoder.evaluation``) on the benchmark's shared sandbox,
-    so the sandbox starts once per benchmark instead of several times per variant.
+    Uses train.py's own test selection, generation length and generation (``cadcoder.recipe``,
+    ``cadcoder.training.generate_programs``) and scoring (``cadcoder.evaluation.execution_metrics``) on the
+    benchmark's shared sandbox, so the sandbox starts once per benchmark instead of several times per variant.
     """
-    import torch
-
-    from cadcoder.data import canonicalize_numbers, decode_image
-    from cadcoder.inference import load_model
-    from cadcoder.training import execution_metrics, generate_programs
-
     use_cpu = settings.get("use_cpu", True) or not torch.cuda.is_available()
     device = "cpu" if use_cpu else "cuda"
     model, processor = load_model(vdir, device=device)
-    test = data["test"].select(range(min(settings["bench_test_samples"], len(data["test"]))))
+    test = recipe.held_out_subset(data, "test", settings["bench_test_samples"])
     refs = list(test["cadquery"])
     images = [decode_image(v) for v in test["image"]]
     decimals = settings.get("number_decimals", 4)
     train_programs = [canonicalize_numbers(c, decimals) if variant.canonical_numbers else c for c in data["train"]["cadquery"]]
-    max_new = generation_length(processor, train_programs, images[0], settings["max_length"],
+    max_new = recipe.generation_length(processor, train_programs, images[0], settings["max_length"],
                                 settings.get("generate_max_new_tokens"))
     # fp32 by default: on CPU, bf16 autocast slows small-batch decoding down (casts around every small matmul).
     bf16 = settings.get("bench_generate_bf16", not use_cpu and settings.get("bf16", False))
@@ -477,9 +250,7 @@ def score_test(vdir: Path, variant: Variant, settings: dict[str, Any], data: Any
     generate_s = time.perf_counter() - t0
     del model
     gc.collect()
-    with open(vdir / "test_predictions.jsonl", "w") as fh:
-        for p, r in zip(preds, refs):
-            fh.write(json.dumps({"prediction": p, "reference": r}) + "\n")
+    recipe.write_predictions(vdir / "test_predictions.jsonl", preds, refs)
     ev = dict(timeout=settings["eval_timeout"], progress=False, sandbox=sandbox)
     t1 = time.perf_counter()
     aligned = execution_metrics(preds, refs, protocol="aligned", **ev)
@@ -510,7 +281,7 @@ def run_variant(variant: Variant, settings: dict[str, Any], out_dir: Path, data:
     print(f"\n[quality] ===== {variant.name}: {variant.label} =====\n[quality] python train.py {config_path}", flush=True)
 
     t0 = time.perf_counter()
-    train_results = _train_main([str(config_path)])
+    train_results = train_variant(config_path)
     train_wall = time.perf_counter() - t0
     gc.collect()
     log_history = json.loads((vdir / "trainer_state.json").read_text()).get("log_history", [])
@@ -522,8 +293,6 @@ def run_variant(variant: Variant, settings: dict[str, Any], out_dir: Path, data:
     test = score_test(vdir, variant, settings, data, sandbox)
     aligned, meca = test["aligned"], test["mecagent"]
     failures = {k[len("failures_"):]: v for k, v in aligned.items() if k.startswith("failures_")}
-    from configuration_cadcoder import CadCoderConfig
-
     model_config = CadCoderConfig.from_pretrained(str(vdir))
     n_params = None
     try:
@@ -716,18 +485,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--force", action="store_true", help="retrain variants that already have results")
     args = ap.parse_args(argv)
 
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS_BY_NAME]
-    if unknown or not names:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS_BY_NAME)}")
+    names = select_variants(args.variants)
     settings = resolve_settings(args.preset, args.set)
     if args.dataset:
         settings["dataset"] = args.dataset
     settings = _abs_dataset(settings)
     out_dir = Path(args.out) if args.out else REPO / "outputs" / "quality" / args.preset
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    import torch
 
     if settings.get("use_cpu", True):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
@@ -747,8 +511,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = {"preset": args.preset, "settings": settings, "machine": machine, "git": git, "test_samples": len(refs),
             "dataset_splits": split_sizes, "synth_seconds": round(synth_seconds, 1),
             "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-
-    from cadcoder.sandbox import Sandbox
 
     records: list[dict[str, Any]] = []
     with Sandbox(num_workers=settings["bench_workers"], timeout=settings["eval_timeout"]) as sandbox:

@@ -1,4 +1,4 @@
-"""benchmarks/quality.py: the smoke preset end to end (tables, plot, baselines, every variant), caching, bad options.
+"""benchmarks/quality.py (run as a script) and cadcoder.quality_variants: the smoke preset end to end (tables, plot, baselines, every variant), caching, bad options.
 
 The smoke run trains six tiny models for a few steps each on 60 generated pairs and scores them through the
 sandbox; it takes one to two minutes on 2 cores. Its numbers mean nothing; what is tested is that the
@@ -7,7 +7,6 @@ benchmark trains what it claims to train and reports every variant against the c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import cadcoder.quality_variants as q
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "quality.py"
-
-
-def _quality_module():
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -47,7 +40,6 @@ def smoke(tmp_path_factory):
 
 
 def test_smoke_writes_table_plot_and_json_with_every_variant_and_baselines(smoke):
-    q = _quality_module()
     out = smoke["out"]
     table = (out / "results.md").read_text()
     for variant in q.VARIANTS:
@@ -85,7 +77,6 @@ def test_smoke_writes_table_plot_and_json_with_every_variant_and_baselines(smoke
 
 def test_each_variant_trains_the_model_it_claims(smoke):
     """The saved model and train config of each variant carry that variant's switches (not a copy of another)."""
-    q = _quality_module()
     out = smoke["out"]
     for variant in q.VARIANTS:
         vdir = out / variant.name
@@ -110,18 +101,17 @@ def test_rerun_reuses_finished_variants(smoke):
 
 
 def test_bad_options_name_the_fix():
-    q = _quality_module()
     with pytest.raises(ValueError, match="KEY=VALUE"):
         q.resolve_settings("smoke", ["max_steps"])
     with pytest.raises(ValueError, match="unknown preset"):
         q.resolve_settings("huge", [])
     assert q.resolve_settings("smoke", ["max_steps=7", "lr_scheduler_type=cosine"])["max_steps"] == 7
     with pytest.raises(ValueError, match="unknown variant"):
-        q.main(["--preset", "smoke", "--variants", "ours,nonsense"])
+        q.select_variants("ours,nonsense")  # what the script's --variants goes through
+    assert q.select_variants(" seed_baseline, ours ") == ["seed_baseline", "ours"]
 
 
 def test_variant_configs_differ_only_in_their_switches():
-    q = _quality_module()
     settings = q.resolve_settings("full", [])
     base = q.train_config(settings, q.VARIANTS_BY_NAME["seed_enhanced"], Path("x"))
     switches = {"visual_tokens", "text_model_type", "train_stages", "canonical_numbers", "_comment", "output_dir"}
@@ -134,3 +124,10 @@ def test_variant_configs_differ_only_in_their_switches():
     for name in ("plus_grid", "plus_joint", "plus_canonical"):
         changed = {k for k, v in q.VARIANTS_BY_NAME[name].train_options().items() if v != enhanced[k]}
         assert len(changed) == 1, (name, changed)
+
+
+def test_script_refuses_an_unknown_variant_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "smoke", "--variants", "ours,nonsense",
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "unknown variant" in proc.stderr
+    assert not (tmp_path / "out").exists()
