@@ -130,3 +130,25 @@ def test_jittered_inputs_render_the_real_programs_in_another_look_reproducibly()
     for rec, im in zip(records, first):
         m = compare_images(rec["image"], im)
         assert 0.5 < m["silhouette_iou"] < 0.995, m  # the same part, seen from a jittered camera
+
+
+@needs_sample
+def test_load_sample_without_images_reads_only_the_programs():
+    with_images, programs_only = rs.load_sample(), rs.load_sample(with_images=False)
+    assert [r["cadquery"] for r in programs_only] == [r["cadquery"] for r in with_images]
+    assert all(isinstance(r["image"], str) and (rs.DEFAULT_SAMPLE / r["image"]).is_file() for r in programs_only)
+    with pytest.raises(FileNotFoundError, match="CADCODER_GENCAD_SAMPLE"):
+        rs.load_sample(REPO / "no-such-sample")
+
+
+def test_paired_difference_interval_brackets_the_mean_and_needs_shared_images():
+    from cadcoder.transfer import paired_difference
+
+    base = {"a": 0.2, "b": 0.4, "c": 0.6, "d": 0.1}
+    lever = {"a": 0.3, "b": 0.45, "c": 0.9, "e": 1.0}  # "d" and "e" are not scored for both
+    d = paired_difference(lever, base, resamples=2000)
+    assert d["images"] == 3 and d["mean"] == pytest.approx((0.1 + 0.05 + 0.3) / 3)
+    assert d["low"] <= d["mean"] <= d["high"] and d["low"] >= 0.05 - 1e-9
+    assert paired_difference(lever, base, resamples=2000) == d  # same seed, same interval
+    with pytest.raises(ValueError, match="both"):
+        paired_difference({"x": 1.0}, {"y": 0.0})
