@@ -205,7 +205,7 @@ def format_comparison(columns: dict[str, dict[str, Any]], reference: dict[str, A
         ("top template share", lambda s: f"{s['top_skeleton_share']:.3f}", ""),
         ("template entropy (bits)", lambda s: f"{s['skeleton_entropy_bits']:.2f}", ""),
     ]
-    names = list(columns) + (["GenCAD-Code (issue)"] if reference is not None else [])
+    names = list(columns) + (["GenCAD-Code (published)"] if reference is not None else [])
     table = [["statistic", *names]]
     for label, fn, ref in rows:
         table.append([label, *(fn(s) for s in columns.values()), *([ref] if reference is not None else [])])

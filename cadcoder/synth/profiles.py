@@ -73,6 +73,7 @@ def _arc_points(a: np.ndarray, m: np.ndarray, b: np.ndarray, n: int) -> list[tup
 
 
 def _circumcenter(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray | None:
+    """Centre of the circle through a, b and c (None when they are collinear)."""
     d = 2 * (a[0] * (b[1] - c[1]) + b[0] * (c[1] - a[1]) + c[0] * (a[1] - b[1]))
     if abs(d) < 1e-9:
         return None
@@ -82,6 +83,7 @@ def _circumcenter(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray | N
 
 
 def _signed_area(pts: np.ndarray) -> float:
+    """Shoelace area of a polygon: positive when counter-clockwise."""
     x, y = pts[:, 0], pts[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
 
@@ -140,6 +142,7 @@ def _polygon_loop(verts: np.ndarray, bulges: list[float] | None = None, scale: f
 
 # --- outer profile families: return (float vertices, bulges) in an arbitrary frame --------------
 def _fam_rect(rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """Rectangle of random aspect, sometimes turned upright."""
     w, h = 1.0, float(rng.choice([rng.uniform(0.03, 1.0), rng.uniform(0.3, 1.0), 1.0]))
     v = np.array([[0, 0], [w, 0], [w, h], [0, h]])
     return (v if rng.random() < 0.6 else v[:, ::-1] * [1, 1]), [0.0] * 4
@@ -168,6 +171,7 @@ def _fam_skyline(rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
 
 
 def _fam_regular(rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """Regular polygon (triangle, pentagon, hexagon, octagon), sometimes squashed."""
     k = int(rng.choice([3, 5, 6, 6, 8]))
     a0 = rng.choice([0.0, np.pi / k, rng.uniform(0, 2 * np.pi)])
     a = a0 + 2 * np.pi * np.arange(k) / k
@@ -184,6 +188,7 @@ def _fam_random_polygon(rng: np.random.Generator) -> tuple[np.ndarray, list[floa
 
 
 def _fam_triangle_trapezoid(rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """Right or general triangle, trapezoid or parallelogram."""
     w, h = 1.0, rng.uniform(0.2, 1.0)
     kind = rng.integers(0, 3)
     if kind == 0:  # right triangle
@@ -303,6 +308,7 @@ def _min_dist(points: np.ndarray, poly: np.ndarray) -> float:
 
 
 def _fits(hole: Loop, outer: np.ndarray, others: list[np.ndarray], margin: float) -> bool:
+    """Whether a hole lies inside the outer loop and clear of the other holes, ``margin`` units from each."""
     hp = hole.points()
     if not _inside(hp, outer).all() or _min_dist(hp, outer) < margin:
         return False

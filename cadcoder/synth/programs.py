@@ -205,6 +205,7 @@ def _write_program(sketches: list[_Sketch]) -> str:
 # Sketch placement and features
 # ---------------------------------------------------------------------------------------------
 def _pick_frame(rng: np.random.Generator, complexity: int) -> _Frame:
+    """A sketch plane: the two common ones at complexity 0, else drawn with the dataset's weights."""
     if complexity == 0:
         return _FRAMES[int(rng.choice([0, 1]))]
     return _FRAMES[int(rng.choice(len(_FRAMES), p=_FRAME_WEIGHTS))]
@@ -249,6 +250,7 @@ def _cap_scale(scale: int, loops: list[Loop]) -> int:
 
 
 def _base_sketch(rng: np.random.Generator, complexity: int) -> _Sketch:
+    """The first sketch: a random profile extruded and centred at the world origin, like DeepCAD's normalisation."""
     frame = _pick_frame(rng, complexity)
     loops = random_profile(rng, complexity)
     r = rng.random()
@@ -400,6 +402,7 @@ def _feature(rng: np.random.Generator, box: tuple[np.ndarray, np.ndarray], base:
 
 
 def _values_in_range(sk: _Sketch) -> bool:
+    """Whether every number the sketch writes lies in GenCAD-Code's value range."""
     text = _write_program([sk]).split("\n", 2)[2]  # skip the import and the comment (digits of "sketch 0")
     vals = [float(v) for v in FLOAT_LITERAL.findall(re.sub(r"[A-Za-z_]+\d+", "", text))]
     return all(VALUE_RANGE[0] <= v <= VALUE_RANGE[1] for v in vals)
