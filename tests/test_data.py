@@ -13,12 +13,12 @@ datasets = pytest.importorskip("datasets")
 
 from cadcoder import data as data_mod  # noqa: E402
 from cadcoder.data import (  # noqa: E402
-    GENCAD_COLUMNS,
     CadCoderCollator,
     canonicalize_numbers,
     decode_image,
     load_cad_dataset,
 )
+from cadcoder.schema import GENCAD_COLUMNS  # noqa: E402
 
 SAMPLE = Path("/work/shared/gencad_sample")
 for _cand in (Path(__file__).resolve().parents[2] / "shared" / "gencad_sample", SAMPLE):
@@ -263,3 +263,23 @@ def test_one_schema_for_loader_and_builder():
     assert tuple(schema.gencad_features()) == schema.GENCAD_COLUMNS
     probe = "import sys, cadcoder.schema; print(sorted(m for m in ('datasets', 'torch', 'PIL') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_decode_image_puts_transparency_on_white_and_names_bad_rows(tmp_path):
+    """decode_image reads every encoded form through processing_cadcoder.to_rgb_image; errors name the row."""
+    import io
+
+    from PIL import Image
+
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    rgba.putpixel((1, 1), (10, 20, 30, 255))
+    buf = io.BytesIO()
+    rgba.save(buf, format="PNG")
+    rgba.save(tmp_path / "part.png")
+    for value in (rgba, buf.getvalue(), {"bytes": buf.getvalue(), "path": None}, {"bytes": None, "path": str(tmp_path / "part.png")},
+                  str(tmp_path / "part.png")):
+        img = decode_image(value)
+        assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((1, 1)) == (10, 20, 30)
+    assert decode_image(Image.new("L", (2, 2), 7)).getpixel((0, 0)) == (7, 7, 7)
+    with pytest.raises(ValueError, match=r"unreadable image \(row r1\)"):
+        decode_image(str(tmp_path / "missing.png"), row="r1")

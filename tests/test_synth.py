@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from cadcoder.corpus_stats import corpus_stats, program_stats
+from cadcoder.schema import GENCAD_COLUMNS, GENCAD_PROMPT
 from cadcoder.synth import (
     COMPLEXITY_LEVELS,
-    GENCAD_COLUMNS,
-    GENCAD_PROMPT,
     build_synthetic_dataset,
     code_key,
     code_skeleton,
