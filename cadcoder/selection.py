@@ -42,6 +42,7 @@ __all__ = [
     "finish_predictions",
     "select_programs",
     "default_num_workers",
+    "scoring_render_size",
 ]
 
 STRATEGIES: tuple[str, ...] = ("greedy", "first_valid", "render_compare")
@@ -61,9 +62,15 @@ def default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _render_size(image: Image.Image, lo: int = 64, hi: int = 448) -> int:
-    """Render candidates at the input's own scale, so line widths look alike (clipped to [lo, hi])."""
+def scoring_render_size(image: Image.Image, lo: int = 64, hi: int = 448) -> int:
+    """Side of the render compared with ``image``: the input's own scale, so line widths look alike.
+
+    Clipped to ``[lo, hi]`` pixels.
+    """
     return int(min(max(max(image.size), lo), hi))
+
+
+_render_size = scoring_render_size  # the earlier private name, still imported by cadcoder.rl.rewards
 
 
 def _normalise_program(code: str) -> str:
@@ -181,7 +188,7 @@ def run_candidates(
             if not any(c.status not in (NOT_RUN, EMPTY) or id(c) in always_run for c in pool):
                 always_run.add(id(cand))  # every image gets at least one candidate executed
             if strategy == "render_compare":
-                kwargs = {"render_size": _render_size(image), "style": render_style}
+                kwargs = {"render_size": scoring_render_size(image), "style": render_style}
                 jobs.append(_Job(cand, kwargs, _scoring_hook(image, keep_renders)))
             else:
                 jobs.append(_Job(cand, {"render_size": None}))
