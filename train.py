@@ -44,6 +44,7 @@ from cadcoder.training import config_snapshot
 
 
 def main(argv: list[str]) -> dict:
+    """Parse options, train (unless --eval_only), score the test set, write the card; return the results."""
     # ---------------------------------------------------------------------------------- options
     margs, dargs, targs, stages = recipe.parse_options(argv)
     set_seed(targs.seed)
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> dict:
     if do_test and trainer.is_world_process_zero():  # the main process scores them against the baselines
         candidates = recipe.constant_candidates(fit.train, dargs.constant_candidates, targs.seed)
         select_refs = recipe.select_references(splits.eval)
-        results.update(recipe.score_test(preds, refs, candidates, select_refs, dargs))
+        results.update(recipe.score_test_set(preds, refs, candidates, select_refs, dargs))
         results.update({"test_generate_seconds": round(gen_s, 1), "protocol": dargs.eval_protocol})
         results["learns_geometry"] = recipe.learns_geometry(results, results["test_constant_iou_mean_all"])
         results["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -346,7 +346,7 @@ def generate_test(trainer: CadCoderTrainer, test: Any, max_new_tokens: int, batc
     return preds, time.perf_counter() - t0
 
 
-def score_test(preds: list[str], refs: list[str], candidates: list[str], select_refs: list[str],
+def score_test_set(preds: list[str], refs: list[str], candidates: list[str], select_refs: list[str],
                dargs: DataArguments) -> dict[str, Any]:
     """Model, chance and constant baseline on the test references (one sandbox start); the `test_*` results."""
     with Sandbox(num_workers=dargs.eval_num_workers, timeout=dargs.eval_timeout) as sandbox:

@@ -154,3 +154,22 @@ def test_cli_writes_report(tmp_path, capsys):
     bad.write_text(json.dumps({"prediction": "x"}) + "\n")
     with pytest.raises(ValueError, match="reference"):
         main(["evaluate", str(bad)])
+
+
+def test_distinct_share_is_the_one_rule_of_the_report():
+    from cadcoder.evaluation import distinct_share
+
+    programs = ["box(1,2)", "box( 1, 2 )\n", "box(1, 3)", "box(1,3) "]
+    assert distinct_share(programs) == pytest.approx(2 / 4)
+    assert distinct_share([]) == 0.0
+
+
+def test_execution_metrics_flattens_the_report(sandbox):
+    from cadcoder.evaluation import EXECUTION_KEYS, execution_metrics
+
+    box = _box(1, 2, 3)
+    metrics = execution_metrics([box, "solid = 1"], [box, box], sandbox=sandbox, progress=False)
+    assert set(EXECUTION_KEYS) <= set(metrics)
+    assert metrics["valid_syntax_rate"] == pytest.approx(0.5) and metrics["distinct_predictions"] == pytest.approx(1.0)
+    assert any(k.startswith("failures_") for k in metrics)
+    assert all(not isinstance(v, (dict, list)) for v in metrics.values())

@@ -363,3 +363,20 @@ def test_image_reliance_is_zero_for_a_model_blind_to_its_input(make_tiny_cadcode
     assert seeing["image_gain"] > 1e-3, seeing  # another part's picture makes each program less likely
     assert seeing["loss_swapped"] - seeing["loss_matched"] == pytest.approx(seeing["image_gain"])
     assert {"eval_image_gain", "eval_loss_matched", "eval_loss_swapped"} <= set(trainer.evaluate())
+
+
+def test_model_card_metadata_goes_through_huggingface_hub(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from cadcoder.model_card import write_model_card
+
+    path = write_model_card(tmp_path / "run", config={"n_embd": 32}, dataset="CADCODER/GenCAD-Code",
+                            base_models=["timm/resnet18.a1_in1k"], hub_model_id="someone/cadcoder-tiny")
+    card = ModelCard.load(path)
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-text-to-text"
+    assert card.data.datasets == ["CADCODER/GenCAD-Code"] and card.data.base_model == ["timm/resnet18.a1_in1k"]
+    assert "custom_code" in card.data.tags
+    assert 'AutoModel.from_pretrained("someone/cadcoder-tiny"' in card.text
+    assert "Training in progress" in card.text and '"n_embd": 32' in card.text
+    local = ModelCard.load(write_model_card(tmp_path / "local", config={}, dataset=str(tmp_path)))
+    assert local.data.datasets is None  # a local folder is not a Hub dataset
