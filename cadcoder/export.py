@@ -30,6 +30,7 @@ try:
 except ImportError as _err:  # pragma: no cover - cadquery pulls OCP in
     raise ImportError("cadcoder.export needs CadQuery and OpenCascade: pip install cadquery") from _err
 
+from cadcoder.mesh import merged_mesh
 from cadcoder.render import RenderStyle, render_mesh
 
 __all__ = [
@@ -78,20 +79,11 @@ def shape_to_mesh_arrays(shape: Any, relative_tolerance: float = 1e-3, angular_t
     share their edge discretisation, so merging coincident vertices gives a closed mesh for a closed solid.
     """
     diag = float(shape.BoundingBox().DiagonalLength) or 1.0
-    tolerance = max(relative_tolerance * diag, 1e-6)
-    verts, tris = shape.tessellate(tolerance, angular_tolerance)
-    v = np.array([(p.x, p.y, p.z) for p in verts], dtype=np.float64).reshape(-1, 3)
-    f = np.array(tris, dtype=np.int64).reshape(-1, 3)
-    key = np.round(v / (tolerance * 1e-3)).astype(np.int64)
-    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    f = inverse.reshape(-1)[f]
-    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
-    return v[first], f
+    return merged_mesh(shape, max(relative_tolerance * diag, 1e-6), angular_tolerance)
 
 
 def _render(shape: Any, size: int, style: dict[str, Any] | None) -> np.ndarray:
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in (style or {}).items()}
-    return render_mesh(shape, int(size), RenderStyle(**kw)).image
+    return render_mesh(shape, int(size), RenderStyle.from_dict(style or {})).image
 
 
 def candidate_task(shape: Any, render_size: int | None = None, style: dict[str, Any] | None = None) -> dict[str, Any]:

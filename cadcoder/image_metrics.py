@@ -10,10 +10,13 @@ is assumed: a light, uniform background, and lines drawn dark.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from processing_cadcoder import SUPPORTED_MODES, to_rgb_image
 
 __all__ = [
     "to_rgb_array",
@@ -32,26 +35,28 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """Return an (H, W, 3) uint8 array; RGBA/LA are composited on white, grey is replicated."""
+    """Return an (H, W, 3) uint8 array, decoded by :func:`processing_cadcoder.to_rgb_image`.
+
+    RGBA/LA are composited on white, grey is replicated. On top of what ``to_rgb_image`` takes, this
+    keeps the looser inputs of the metrics: PIL modes it refuses (``"1"``, ``"CMYK"``, ...) are
+    converted to RGB first, float arrays with values beyond [0, 1] are read as 0-255, and other
+    integer arrays are rounded and clipped to 0-255.
+    """
     if isinstance(image, Image.Image):
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(bg, rgba)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        if arr.shape[2] == 4:
-            alpha = arr[:, :, 3:4].astype(float) / 255.0
-            arr = np.rint(arr[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        if image.mode not in SUPPORTED_MODES:
+            image = image.convert("RGB")
+    elif not isinstance(image, (str, os.PathLike, bytes, bytearray, dict)):
+        image = _as_uint8(np.asarray(image))
+    return np.asarray(to_rgb_image(image), dtype=np.uint8)
+
+
+def _as_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixels as uint8: floats in [0, 1] are scaled by 255, everything else is rounded and clipped to 0-255."""
+    if arr.dtype == np.uint8:
         return arr
-    raise ValueError(f"expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
 def _background(rgb: np.ndarray) -> np.ndarray:

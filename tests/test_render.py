@@ -250,3 +250,37 @@ def test_image_similarity_ignores_framing(plate):
     same = image_similarity(big, small)
     assert same > 0.85
     assert same > image_similarity(big, other) + 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# rasteriser helpers and style round trip
+# --------------------------------------------------------------------------------------------------
+def test_dilate_grows_a_width_square():
+    from cadcoder.raster import dilate
+
+    mask = np.zeros((9, 9), bool)
+    mask[4, 4] = True
+    assert dilate(mask, 1) is mask
+    for width, rows in ((2, slice(4, 6)), (3, slice(3, 6)), (4, slice(3, 7))):
+        want = np.zeros_like(mask)
+        want[rows, rows] = True
+        assert np.array_equal(dilate(mask, width), want), width
+
+
+def test_outline_is_the_part_border_in_four_neighbourhood():
+    from cadcoder.raster import outline_pixels
+
+    zbuf = np.full((6, 6), -np.inf)
+    zbuf[1:5, 0:4] = 1.0  # touches the image's left border: that side counts as outline too
+    outline = outline_pixels(zbuf)
+    inner = np.zeros((6, 6), bool)
+    inner[2:4, 1:3] = True
+    assert np.array_equal(outline, np.isfinite(zbuf) & ~inner)
+
+
+def test_style_from_dict_round_trip():
+    style = RenderStyle.random(7)
+    as_json = json.loads(json.dumps(style.to_dict()))
+    assert RenderStyle.from_dict(as_json) == style
+    with pytest.raises(ValueError, match="valid fields"):
+        RenderStyle.from_dict({"colour": (1, 2, 3)})
