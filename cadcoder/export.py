@@ -32,6 +32,7 @@ except ImportError as _err:  # pragma: no cover - cadquery pulls OCP in
 
 from cadcoder.mesh import merged_mesh
 from cadcoder.render import RenderStyle, render_mesh
+from cadcoder.sandbox_program import describe_shape
 
 __all__ = [
     "shape_summary",
@@ -45,14 +46,13 @@ __all__ = [
 
 
 def shape_summary(shape: Any) -> dict[str, Any]:
-    """Picklable facts about a validated shape: volume, bounding box, solid and face counts."""
-    bb = shape.BoundingBox()
-    return {
-        "volume": float(sum(s.Volume() for s in shape.Solids())),
-        "bbox": (bb.xmin, bb.ymin, bb.zmin, bb.xmax, bb.ymax, bb.zmax),
-        "n_solids": len(shape.Solids()),
-        "n_faces": len(shape.Faces()),
-    }
+    """Picklable facts about a validated shape: volume, bounding box, solid and face counts.
+
+    The sandbox's default task (:func:`cadcoder.sandbox_program.describe_shape`) without the centre of mass.
+    """
+    summary = describe_shape(shape)
+    summary.pop("center_of_mass", None)
+    return summary
 
 
 def shape_to_step(shape: Any) -> str:

@@ -368,8 +368,8 @@ def _sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int) 
 def chamfer_distance(a: cq.Shape, b: cq.Shape, num_points: int = 2048, seed: int = 0) -> float:
     """Symmetric Chamfer distance between two surfaces, in the shapes' (normalised) units.
 
-    ``num_points`` points are sampled uniformly by area on each tessellated surface, each with a
-    generator seeded by ``seed``; the result is ``(mean_a min_b |a-b| + mean_b min_a |a-b|) / 2``.
+    ``num_points`` points are sampled uniformly by area on each tessellated surface
+    (``trimesh.sample.sample_surface``), each with a generator seeded by ``seed``; the result is ``(mean_a min_b |a-b| + mean_b min_a |a-b|) / 2``.
     """
     return chamfer_from_meshes(mesh_arrays(a), mesh_arrays(b), num_points, seed)
 
