@@ -54,8 +54,9 @@ __all__ = [
 DEFAULT_CONSTANT_PROGRAM = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1.0, 1.0, 0.25)\n"
 _PROTOCOLS = ("aligned", "bbox", "mecagent")
 # Part of every cache key: bump it when cadcoder.geometry's scores change, so a resumed run never mixes
-# values of two metric versions (2: checked booleans, plane/sphere search, the challenge's normalisation).
-_SCORING_VERSION = 2
+# values of two metric versions (2: checked booleans, plane/sphere search, the challenge's normalisation;
+# 3: Chamfer points from trimesh's sampler, wider refinement of the rotation search).
+_SCORING_VERSION = 3
 
 
 def normalize_whitespace(code: str) -> str:
