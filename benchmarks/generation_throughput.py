@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from cadcoder.provenance import machine_summary
 
-from cadcoder.provenance import machine_summary  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _corpus(n: int = 200) -> list[str]:
@@ -131,7 +130,6 @@ TABLE_HEADER = (
 # ------------------------------------------------------------------------------------------------- memory
 _MEMORY_CHILD = r"""
 import json, sys
-sys.path.insert(0, {repo!r})
 
 
 def rss_mb(field):
@@ -163,9 +161,8 @@ print("RESULT" + json.dumps(dict(baseline_mb=baseline, after_build_mb=built, pea
 
 def measure_memory(dtype: str, threads: int, batch: int = 1, new_tokens: int = 4) -> dict:
     """Peak RSS of building the full model in ``dtype`` and generating, in a fresh subprocess."""
-    code = _MEMORY_CHILD.format(repo=str(REPO_ROOT), threads=threads, dtype=dtype, batch=batch, new_tokens=new_tokens)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    code = _MEMORY_CHILD.format(threads=threads, dtype=dtype, batch=batch, new_tokens=new_tokens)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {dtype} failed:\n{proc.stderr[-3000:]}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))

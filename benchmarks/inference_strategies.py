@@ -35,10 +35,8 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from cadcoder.provenance import machine_summary  # noqa: E402
+from cadcoder.evaluation import distinct_share
+from cadcoder.provenance import machine_summary
 
 
 def _quickstart_paths() -> tuple[str, str]:
@@ -204,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             any_valid.append(bool(valid))
         vsr = statistics.fmean(any_valid)
         results[f"render_compare@{N}"].update(vsr=statistics.fmean(p.ok for p in rc), iou_mean_all=statistics.fmean(chosen),
-                                              distinct=len({p.program for p in rc}) / n)  # fmt: skip
+                                              distinct=distinct_share([p.program for p in rc]))  # fmt: skip
         results[f"oracle best-of-{N}"] = {"vsr": vsr, "iou_mean_all": statistics.fmean(oracle),
                                           "seconds_per_image": None, "note": "same pool as render_compare"}  # fmt: skip
         results[f"random valid@{N}"] = {"vsr": vsr, "iou_mean_all": statistics.fmean(random_valid),

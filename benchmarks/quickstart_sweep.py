@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO  # benchmarks/common.py, beside this script
+from cadcoder.evaluation import distinct_share
 from cadcoder.provenance import machine_summary
 from cadcoder.quickstart_variants import CONFIG, run_variants
 
@@ -108,7 +109,7 @@ def generate(name: str, out_dir: Path, images: list[Any], references: list[str])
         "generate_seconds": round(time.perf_counter() - started, 1),
         "predictions": predictions,
         "references": list(references),
-        "distinct": len(set(predictions)) / len(predictions),
+        "distinct": distinct_share(predictions),
     }
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cadcoder.schema import DEFAULT_HUB_DATASET
+
 __all__ = ["ModelArguments", "DataArguments"]
 
 
@@ -47,7 +49,7 @@ class ModelArguments:
 class DataArguments:
     """Where the (image, program) pairs come from, how programs become tokens, and how we evaluate."""
 
-    dataset: str = field(default="CADCODER/GenCAD-Code", metadata={"help": "Hub dataset, save_to_disk folder, parquet or jsonl"})
+    dataset: str = field(default=DEFAULT_HUB_DATASET, metadata={"help": "Hub dataset, save_to_disk folder, parquet or jsonl"})
     synth_num: int = field(default=0, metadata={"help": "if > 0 and --dataset is a missing folder: generate this many synthetic pairs there"})
     synth_seed: int = field(default=0, metadata={"help": "seed of the synthetic set"})
     synth_image_size: int = field(default=448, metadata={"help": "rendered image size of the synthetic set"})

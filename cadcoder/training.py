@@ -10,9 +10,6 @@
   generates programs for a fixed validation subset, runs them in the sandbox and logs VSR / IoU beside the
   loss (scored by `cadcoder.evaluation.execution_metrics`).
 
-`execution_metrics`, `best_constant_program`, `distinct_share`, `EXECUTION_KEYS` (now in
-`cadcoder.evaluation`), `extend_text_positions` (`cadcoder.factory`), `write_model_card` (`cadcoder.model_card`) and
-`build_synthetic_mix` (`cadcoder.synth`) are still importable from here.
 """
 
 from __future__ import annotations
@@ -32,34 +29,23 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback
 
 from cadcoder.curriculum import CurriculumSampler
-from cadcoder.evaluation import EXECUTION_KEYS, best_constant_program, distinct_share, execution_metrics
-from cadcoder.factory import extend_text_positions
-from cadcoder.model_card import write_model_card
-from cadcoder.synth import build_synthetic_mix
+from cadcoder.evaluation import execution_metrics
 
 __all__ = [
     "CadCoderTrainer",
-    "CurriculumSampler",
-    "EXECUTION_KEYS",
     "GenerationEvalConfig",
     "Stage",
     "StagedFreezingCallback",
-    "best_constant_program",
     "build_param_groups",
-    "build_synthetic_mix",
     "check_dataset_columns",
     "check_max_length",
     "config_snapshot",
     "decode_programs",
-    "distinct_share",
-    "execution_metrics",
-    "extend_text_positions",
     "generate_programs",
     "parse_config",
     "parse_stages",
     "part_of",
     "stage_at",
-    "write_model_card",
 ]
 
 PARTS: tuple[str, ...] = ("vision", "projector", "language")

@@ -264,7 +264,7 @@ def test_staged_freezing_trains_only_the_projector_first(make_tiny_cadcoder, sam
 
 
 def test_curriculum_starts_easy_and_reaches_everything():
-    from cadcoder.training import CurriculumSampler
+    from cadcoder.curriculum import CurriculumSampler
 
     difficulties = list(range(100))
     sampler = CurriculumSampler(difficulties, start=0.2, ramp_samples=200, seed=0)
@@ -278,7 +278,7 @@ def test_curriculum_starts_easy_and_reaches_everything():
 def test_curriculum_batches_group_similar_lengths():
     import numpy as np
 
-    from cadcoder.training import CurriculumSampler
+    from cadcoder.curriculum import CurriculumSampler
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(10, 600, size=512)

@@ -29,7 +29,7 @@ def test_every_lever_changes_one_thing_against_base(tmp_path):
 def test_more_data_set_started_from_base_equals_a_fresh_build(tmp_path):
     import datasets
 
-    from cadcoder.training import build_synthetic_mix
+    from cadcoder.synth import build_synthetic_mix
 
     kw = dict(complexities=[0, 1], seed=3, workers=1, image_size=48, progress=False, chunk_size=4)
     small, big, fresh = tmp_path / "base-6", tmp_path / "base-12", tmp_path / "fresh-12"
