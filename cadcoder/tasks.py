@@ -28,5 +28,7 @@ EXPORT = "cadcoder.export:export_task"
 """STEP text, mesh arrays and preview of the chosen program's solid."""
 SYNTH_SAMPLE = "cadcoder.synth.dataset:synth_sample_task"
 """Validation, geometry key and render of one synthetic program."""
+RL_SCORE_BREP = "cadcoder.rl.scoring:score_brep_task"
+"""IoU and / or render of a solid given as BREP, in a child where no generated code ran (the RL rewards)."""
 
-ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE)
+ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE, RL_SCORE_BREP)
