@@ -70,11 +70,11 @@ class CadCoderConfig(PreTrainedConfig):
             Defaults to ResNet18 with a 1-channel input and no classifier.
         text_config (`dict` or `PreTrainedConfig`, *optional*):
             The causal language model. Defaults to the architecture of ``Salesforce/codegen-350M-mono``;
-            ``{"model_type": "gpt2", ...}`` reproduces the seed's baseline.
+            ``{"model_type": "gpt2", ...}`` reproduces the GPT-2 baseline.
         visual_tokens (`"grid"` or `"pooled"`, defaults to `"grid"`):
             ``"grid"``: every cell of the encoder's last feature map becomes one image token
             (``ceil(image_size / 32) ** 2`` tokens for ResNets). ``"pooled"``: a single globally pooled vector,
-            the seed's design, kept so the baseline stays reproducible.
+            the baseline.s design, kept so the baseline stays reproducible.
         image_size (`int`, defaults to 224): side of the square image fed to the encoder (see ``DEFAULT_IMAGE_SIZE``).
         num_channels (`int`, defaults to 1): image channels the encoder expects (1 = grayscale).
         projector_hidden_act (`str`, defaults to `"gelu"`): activation between the two projector layers.

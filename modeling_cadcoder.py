@@ -200,7 +200,7 @@ class CadCoderForConditionalGeneration(CadCoderPreTrainedModel, GenerationMixin)
         features = self.vision_tower(pixel_values, do_pooling=False).last_hidden_state
         if features.ndim == 4:  # CNN: (B, C, h, w)
             if self.config.visual_tokens == "pooled":
-                features = features.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C), the seed's global average pool
+                features = features.mean(dim=(2, 3)).unsqueeze(1)  # (B, 1, C), the baseline.s global average pool
             else:
                 features = features.flatten(2).transpose(1, 2)  # (B, h*w, C), row-major cells
         elif self.config.visual_tokens == "pooled":  # ViT-like: (B, T, C)

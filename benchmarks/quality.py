@@ -7,16 +7,16 @@ and randomly initialised; the vision encoder is a randomly initialised ResNet18 
 =================  ===============  ===========  =========================  =================
 variant            visual tokens    decoder      encoder                    program numbers
 =================  ===============  ===========  =========================  =================
-seed_baseline      pooled (1)       GPT-2 arch   frozen                     as in the data
-seed_enhanced      pooled (1)       CodeGen      frozen                     as in the data
+baseline      pooled (1)       GPT-2 arch   frozen                     as in the data
+enhanced      pooled (1)       CodeGen      frozen                     as in the data
 plus_grid          grid (HxW/32^2)  CodeGen      frozen                     as in the data
 plus_joint         pooled (1)       CodeGen      trained jointly            as in the data
 plus_canonical     pooled (1)       CodeGen      frozen                     canonical format
 ours               grid             CodeGen      trained jointly            canonical format
 =================  ===============  ===========  =========================  =================
 
-``seed_*`` reproduce the seed submission's two models; ``plus_*`` add each of our changes on its own to
-the seed's enhancement (the ablation); ``ours`` has all three (the variants and presets are in
+``baseline`` and ``enhanced`` reproduce the two models of the brief; ``plus_*`` add each of our changes on its own to
+the enhanced model (the ablation); ``ours`` has all three (the variants and presets are in
 ``cadcoder.quality_variants``). Training runs ``train.py``'s own named steps (``cadcoder.recipe``), on one JSON
 config per variant written next to its results, so ``python train.py <that config>`` reruns one variant;
 the test set is selected, generated for and scored by the same steps as train.py's test phase, through the
@@ -38,7 +38,7 @@ Usage::
 
     python benchmarks/quality.py --preset smoke          # tests: a few minutes, numbers meaningless
     python benchmarks/quality.py --preset full           # ~10 min a variant on 2 quiet CPU cores, the README table
-    python benchmarks/quality.py --preset full --variants seed_baseline,ours
+    python benchmarks/quality.py --preset full --variants baseline,ours
     python benchmarks/quality.py --preset gpu            # real sizes (448 px, codegen-350M shape); a GPU
     python benchmarks/quality.py --preset full --set max_steps=600 --set n_layer=6   # any train.py option
 

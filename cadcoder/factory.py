@@ -51,7 +51,7 @@ def text_config_for(
 
     Args:
         tokenizer: the tokenizer the model will use; ``len(tokenizer)`` sets the vocabulary size.
-        text_model_type: ``"codegen"`` (the enhanced model's family) or ``"gpt2"`` (the seed baseline's).
+        text_model_type: ``"codegen"`` (the enhanced model's family) or ``"gpt2"`` (the baseline's).
         n_layer, n_embd, n_head, n_positions: LM shape.
         rotary_dim: CodeGen rotary dimensions (default: the head dimension, at most 32 like codegen-350M).
     """

@@ -52,12 +52,12 @@ class Variant:
 
 
 VARIANTS: tuple[Variant, ...] = (  # the headline comparison first: a run cut short still answers it
-    Variant("seed_baseline", "seed baseline (pooled + GPT-2, frozen encoder)", "pooled", "gpt2", False, False),
-    Variant("seed_enhanced", "seed enhancement (pooled + CodeGen, frozen encoder)", "pooled", "codegen", False, False),
+    Variant("baseline", "baseline (pooled + GPT-2, frozen encoder)", "pooled", "gpt2", False, False),
+    Variant("enhanced", "enhanced (pooled + CodeGen, frozen encoder)", "pooled", "codegen", False, False),
     Variant("ours", "ours (grid + joint + canonical numbers)", "grid", "codegen", True, True),
-    Variant("plus_grid", "seed enhancement + grid visual tokens", "grid", "codegen", False, False),
-    Variant("plus_joint", "seed enhancement + joint training", "pooled", "codegen", True, False),
-    Variant("plus_canonical", "seed enhancement + canonical numbers", "pooled", "codegen", False, True),
+    Variant("plus_grid", "enhanced + grid visual tokens", "grid", "codegen", False, False),
+    Variant("plus_joint", "enhanced + joint training", "pooled", "codegen", True, False),
+    Variant("plus_canonical", "enhanced + canonical numbers", "pooled", "codegen", False, True),
 )
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -237,7 +237,7 @@ def settings_key(config: dict[str, Any]) -> str:
 
 
 def select_variants(spec: str) -> list[str]:
-    """The variant names of a comma list such as ``"seed_baseline,ours"``; unknown names raise a ValueError."""
+    """The variant names of a comma list such as ``"baseline,ours"``; unknown names raise a ValueError."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS_BY_NAME]
     if unknown or not names:

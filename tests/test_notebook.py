@@ -60,9 +60,9 @@ def test_walkthrough_runs_the_five_steps_and_reports_against_baselines(executed)
     for step in ("Step 1", "Step 2", "Step 3", "Step 4", "Step 5"):
         assert f"## {step}" in headings, step
     outputs = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
-    for needle in ("chance", "constant program", "seed baseline", "ours", "distinct", "walkthrough finished"):
+    for needle in ("chance", "constant program", "baseline", "ours", "distinct", "walkthrough finished"):
         assert needle in outputs, needle
     # both models were trained by train.py into the notebook's folder, and the data was generated there
-    for name in ("seed_baseline", "ours"):
+    for name in ("baseline", "ours"):
         assert (work / name / "config.json").exists(), name
     assert (work / "synth" / "dataset_dict.json").exists()

@@ -88,16 +88,16 @@ def test_each_variant_trains_the_model_it_claims(smoke):
         assert model_config["visual_tokens"] == variant.visual_tokens
         assert model_config["text_config"]["model_type"] == variant.text_model_type
     results = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["variants"]}
-    assert results["ours"]["image_tokens"] > results["seed_enhanced"]["image_tokens"] == 1
+    assert results["ours"]["image_tokens"] > results["enhanced"]["image_tokens"] == 1
     # canonical numbers must shorten the test programs in the variant's own tokens
-    assert results["plus_canonical"]["token_lengths_test"]["mean"] < results["seed_enhanced"]["token_lengths_test"]["mean"]
+    assert results["plus_canonical"]["token_lengths_test"]["mean"] < results["enhanced"]["token_lengths_test"]["mean"]
 
 
 def test_rerun_reuses_finished_variants(smoke):
     proc = _run("--preset", "smoke", "--out", str(smoke["out"]), "--dataset", str(smoke["root"] / "synth"),
-                "--variants", "seed_baseline")
-    assert "seed_baseline: reusing" in proc.stdout
-    assert "===== seed_baseline" not in proc.stdout  # nothing retrained
+                "--variants", "baseline")
+    assert "baseline: reusing" in proc.stdout
+    assert "===== baseline" not in proc.stdout  # nothing retrained
 
 
 def test_bad_options_name_the_fix():
@@ -108,19 +108,19 @@ def test_bad_options_name_the_fix():
     assert q.resolve_settings("smoke", ["max_steps=7", "lr_scheduler_type=cosine"])["max_steps"] == 7
     with pytest.raises(ValueError, match="unknown variant"):
         q.select_variants("ours,nonsense")  # what the script's --variants goes through
-    assert q.select_variants(" seed_baseline, ours ") == ["seed_baseline", "ours"]
+    assert q.select_variants(" baseline, ours ") == ["baseline", "ours"]
 
 
 def test_variant_configs_differ_only_in_their_switches():
     settings = q.resolve_settings("full", [])
-    base = q.train_config(settings, q.VARIANTS_BY_NAME["seed_enhanced"], Path("x"))
+    base = q.train_config(settings, q.VARIANTS_BY_NAME["enhanced"], Path("x"))
     switches = {"visual_tokens", "text_model_type", "train_stages", "canonical_numbers", "_comment", "output_dir"}
     for variant in q.VARIANTS:
         config = q.train_config(settings, variant, Path("x"))
         assert {k for k in config if config[k] != base.get(k)} <= switches, variant.name
         assert not any(k.startswith("bench_") for k in config)  # benchmark-only settings never reach train.py
-    # each ablation changes exactly one switch of the seed's enhancement
-    enhanced = q.VARIANTS_BY_NAME["seed_enhanced"].train_options()
+    # each ablation changes exactly one switch of the enhanced model
+    enhanced = q.VARIANTS_BY_NAME["enhanced"].train_options()
     for name in ("plus_grid", "plus_joint", "plus_canonical"):
         changed = {k for k, v in q.VARIANTS_BY_NAME[name].train_options().items() if v != enhanced[k]}
         assert len(changed) == 1, (name, changed)
