@@ -1,4 +1,4 @@
-"""Corpus fidelity (issue 8, part 2): the synthetic corpus against the 34 real GenCAD-Code programs.
+"""Corpus fidelity: the synthetic corpus against the 34 real GenCAD-Code programs.
 
 Compares operation histograms, loops and sketches per model, plane normals, number format and grids,
 token lengths and template diversity. Text only (nothing is executed), so it runs in seconds. The
@@ -16,15 +16,13 @@ import json
 from pathlib import Path
 
 from cadcoder.corpus_stats import corpus_stats, format_comparison
+from cadcoder.real_sample import DEFAULT_SAMPLE
 from cadcoder.synth import generate_program, sample_seed
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "gencad_sample" / "programs.jsonl"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num", type=int, default=2000, help="generated programs per complexity level")
-    ap.add_argument("--real", default=str(REAL if REAL.exists() else "/work/shared/gencad_sample/programs.jsonl"))
+    ap.add_argument("--real", default=str(DEFAULT_SAMPLE / "programs.jsonl"), help="the real programs.jsonl")
     ap.add_argument("--levels", default="3,1,0")
     ap.add_argument("--dataset", default=None, help="a built synthetic dataset (all splits are read)")
     ap.add_argument("--tokenizer", default=None, help="a tokenizer folder for exact token counts")

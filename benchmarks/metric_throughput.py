@@ -18,23 +18,19 @@ Usage: python benchmarks/metric_throughput.py [--pairs N] [--workers 2]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+from cadcoder.provenance import machine_summary
+from cadcoder.real_sample import load_sample
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from cadcoder.provenance import machine_summary  # noqa: E402
 
 
 def load_pairs(limit: int) -> tuple[list[str], list[str]]:
-    path = REPO.parent / "shared" / "gencad_sample" / "programs.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the benchmark needs shared/gencad_sample beside the clone")
-    progs = [json.loads(line)["cadquery"] for line in path.read_text().splitlines() if line.strip()]
+    progs = [r["cadquery"] for r in load_sample(with_images=False)]
     preds = progs + progs
     refs = progs[1:] + progs[:1] + progs
     return preds[:limit], refs[:limit]

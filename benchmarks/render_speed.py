@@ -20,8 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,13 +27,8 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from cadcoder.provenance import machine_summary  # noqa: E402
-
-DEFAULT_SAMPLE = Path(os.environ.get("CADCODER_GENCAD_SAMPLE", REPO.parent / "shared" / "gencad_sample"))
+from cadcoder.provenance import machine_summary
+from cadcoder.real_sample import DEFAULT_SAMPLE, load_sample
 
 
 def _parts() -> Dict[str, Callable[[], object]]:
@@ -86,15 +79,15 @@ def bench_renderer(sizes: Sequence[int], repeats: int) -> List[dict]:
 
 def bench_sandbox(sample_dir: Path, workers: int, size: int) -> dict:
     """Programs/s of rendering the real sample's programs in the sandbox vs. only executing them."""
-    from cadcoder.render import render_task
+    from cadcoder import tasks
     from cadcoder.sandbox import Sandbox
 
-    codes = [json.loads(line)["cadquery"] for line in (sample_dir / "programs.jsonl").open() if line.strip()]
+    codes = [r["cadquery"] for r in load_sample(sample_dir, with_images=False)]
     out = {"programs": len(codes), "workers": workers, "size": size}
     with Sandbox(num_workers=workers, timeout=60.0) as sandbox:
         sandbox.map(codes[:workers])  # start the workers (cadquery import) outside the timing
-        for label, task, kw in (("execute_only", "cadcoder.sandbox:describe_shape", {}),
-                                ("execute_and_render", render_task, {"size": size})):
+        for label, task, kw in (("execute_only", tasks.DESCRIBE_SHAPE, {}),
+                                ("execute_and_render", tasks.RENDER, {"size": size})):
             t0 = time.perf_counter()
             results = sandbox.map(codes, task=task, **kw)
             wall = time.perf_counter() - t0

@@ -1,10 +1,10 @@
-"""Speed and diversity of `cadcoder synth` (issue 4 benchmark).
+"""Speed and diversity of `cadcoder synth`.
 
 Measures, on this machine:
 * samples/s of the full pipeline (generation + sandboxed execution + validation + rendering + dedup +
   writing shards + the final save_to_disk), with --workers sandbox processes (default 2 = "2 cores");
 * render time per image (measured inside the sandbox worker around cadcoder.render.render_task);
-* the diversity report of the kept corpus beside the GenCAD-Code figures of issue 4.
+* the diversity report of the kept corpus beside the published GenCAD-Code figures.
 
 Usage:
     python benchmarks/synth_speed.py                       # N=150 at 448 px, a few minutes on 2 cores

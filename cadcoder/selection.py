@@ -70,7 +70,6 @@ def scoring_render_size(image: Image.Image, lo: int = 64, hi: int = 448) -> int:
     return int(min(max(max(image.size), lo), hi))
 
 
-_render_size = scoring_render_size  # the earlier private name, still imported by cadcoder.rl.rewards
 
 
 def _normalise_program(code: str) -> str:

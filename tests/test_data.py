@@ -20,11 +20,8 @@ from cadcoder.data import (  # noqa: E402
 )
 from cadcoder.schema import GENCAD_COLUMNS  # noqa: E402
 
-SAMPLE = Path("/work/shared/gencad_sample")
-for _cand in (Path(__file__).resolve().parents[2] / "shared" / "gencad_sample", SAMPLE):
-    if (_cand / "programs.jsonl").exists():
-        SAMPLE = _cand
-        break
+from cadcoder.real_sample import DEFAULT_SAMPLE as SAMPLE  # noqa: E402
+
 N = 6  # rows used from the real sample (measurement data, only as realistic loader input)
 
 

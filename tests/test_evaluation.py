@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from cadcoder.evaluation import constant_program_baseline, evaluate_programs, format_report
+from cadcoder.real_sample import DEFAULT_SAMPLE
 from cadcoder.sandbox import FAILURE_REASONS, Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
-GENCAD = REPO.parent / "shared" / "gencad_sample" / "programs.jsonl"
+GENCAD = DEFAULT_SAMPLE / "programs.jsonl"
 
 # Ordinary CadQuery programs, written for these tests.
 HAND_WRITTEN = {
@@ -173,3 +174,42 @@ def test_execution_metrics_flattens_the_report(sandbox):
     assert metrics["valid_syntax_rate"] == pytest.approx(0.5) and metrics["distinct_predictions"] == pytest.approx(1.0)
     assert any(k.startswith("failures_") for k in metrics)
     assert all(not isinstance(v, (dict, list)) for v in metrics.values())
+
+
+# ---------------------------------------------------------------------------------------------- score hacking
+HACK_REFERENCE = "import cadquery as cq\nsolid = cq.Workplane('XY').box(1.0, 2.0, 1.0)\n"
+HONEST = "solid = cq.Workplane('XY').box(1.0, 2.0, 0.5).faces('>Z').workplane().hole(0.4)\n"
+MINE = "mine = cq.Workplane('XY').box(1.0, 2.0, 0.5).faces('>Z').workplane().hole(0.4).val()\n"
+# Each program monkeypatches what the metric scores with, then builds the honest solid.
+SCORE_HACKS = {
+    "patched reference loader": MINE + "cq.Shape.importBrep = lambda f: mine\n" + HONEST,
+    "patched Volume": "cq.Shape.Volume = lambda self: 1.0\n" + HONEST,
+    "patched intersect/fuse": ("cq.Shape.intersect = lambda self, *a, **k: self\ncq.Shape.fuse = lambda self, *a, **k: self\n"
+                               "cq.Workplane.intersect = lambda self, *a, **k: self\n" + HONEST),
+    "patched isValid": "cq.Shape.isValid = lambda self: True\n" + HONEST,
+    "patched numpy": "import numpy as np\nnp.argmax = lambda *a, **k: 0\nnp.minimum = lambda a, b, *x, **k: a\n" + HONEST,
+    "printed fake score": "print('{\"iou\": 1.0, \"chamfer\": 0.0}')\n" + HONEST,
+}
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
+def test_monkeypatching_programs_score_exactly_the_honest_solid(sandbox, fast):
+    names = list(SCORE_HACKS)
+    preds = [SCORE_HACKS[n] for n in names] + [HONEST]
+    report = evaluate_programs(preds, [HACK_REFERENCE] * len(preds), sandbox=sandbox, progress=False,
+                               fast=fast, chamfer_points=256)
+    assert report["statuses"][-1] == "ok", report["errors"][-1]
+    honest_iou, honest_chamfer = report["ious"][-1], report["chamfers"][-1]
+    assert 0.2 < honest_iou < 0.9 and honest_chamfer > 0
+    for name, status, iou, chamfer in zip(names, report["statuses"], report["ious"], report["chamfers"]):
+        assert status == "ok", name  # each of these builds a valid solid, so it is scored
+        assert (iou, chamfer) == (honest_iou, honest_chamfer), name
+
+
+def test_metric_module_scores_a_patched_reference_loader_honestly():
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(str(REPO / "metrics" / "cad_iou"))
+    hacked = SCORE_HACKS["patched reference loader"]
+    out = metric.compute(predictions=[hacked, HONEST], references=[HACK_REFERENCE] * 2, num_workers=1, timeout=20)
+    assert out["statuses"] == ["ok", "ok"], out["errors"]
+    assert out["ious"][0] == out["ious"][1] < 0.9

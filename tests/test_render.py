@@ -38,9 +38,9 @@ from cadcoder.render import (  # noqa: E402
     render_task,
     side_by_side,
 )
+from cadcoder.real_sample import DEFAULT_SAMPLE as SAMPLE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path(os.environ.get("CADCODER_GENCAD_SAMPLE", REPO.parent / "shared" / "gencad_sample"))
 
 # Real-sample check: a few varied pairs (flat L-bracket, tube with seam, plate with arcs, plate with pockets).
 SAMPLE_IDS = ("00955962", "00189332", "00790402", "00531511")

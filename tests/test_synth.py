@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cadcoder.corpus_stats import corpus_stats, program_stats
+from cadcoder.real_sample import DEFAULT_SAMPLE
 from cadcoder.schema import GENCAD_COLUMNS, GENCAD_PROMPT
 from cadcoder.synth import (
     COMPLEXITY_LEVELS,
@@ -21,8 +21,7 @@ from cadcoder.synth import (
     sample_seed,
 )
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "gencad_sample" / "programs.jsonl"
-REAL = REAL if REAL.exists() else Path("/work/shared/gencad_sample/programs.jsonl")
+REAL = DEFAULT_SAMPLE / "programs.jsonl"
 SMALL = 96  # image side for the 50-sample set (speed); one 448 render is checked separately
 
 

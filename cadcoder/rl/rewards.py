@@ -29,7 +29,7 @@ from PIL import Image
 from cadcoder.image_metrics import image_similarity
 from cadcoder.rl.scoring import CLEAN_PROGRAM
 from cadcoder.sandbox import Sandbox, SandboxJob, SandboxResult
-from cadcoder.selection import _render_size
+from cadcoder.selection import scoring_render_size
 from cadcoder.tasks import REFERENCE, RL_SCORE_BREP
 
 __all__ = ["REWARDS", "RLExample", "RewardResult", "RewardFn", "ExecutionReward", "make_reward", "as_results"]
@@ -156,7 +156,7 @@ class ExecutionReward:
         if ref is not None and ref.ok:
             kwargs["reference_brep"] = ref.value
         if self.kind == "render":
-            kwargs.update(render_size=_render_size(example.image), style=self.render_style)
+            kwargs.update(render_size=scoring_render_size(example.image), style=self.render_style)
         return kwargs
 
     def _result(self, scored: SandboxResult, example: RLExample) -> RewardResult:
