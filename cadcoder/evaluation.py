@@ -2,8 +2,9 @@
 
 Used by the ``cad_iou`` metric, ``train.py`` (:func:`execution_metrics`, :func:`best_constant_program`) and
 ``cadcoder evaluate``. Every program runs in
-:class:`cadcoder.sandbox.Sandbox`; every boolean, tessellation and voxelisation runs there too
-(:func:`cadcoder.geometry.score_task`).
+:class:`cadcoder.sandbox.Sandbox` and hands over its solid as BREP; every boolean, tessellation and
+voxelisation runs in another sandbox child where no generated code ran (:mod:`cadcoder.clean_scoring`), so a
+prediction that monkeypatches CadQuery, OpenCascade or numpy gets the honest score of the solid it built.
 
 How pairs are counted (stated in every report, because papers differ here):
 
@@ -35,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from cadcoder.sandbox import FAILURE_REASONS, Sandbox, SandboxJob, SandboxResult, borrow_or_open
-from cadcoder.tasks import DESCRIBE_SHAPE, REFERENCE, SCORE
+from cadcoder.clean_scoring import run_to_brep, score_breps
+from cadcoder.sandbox import FAILURE_REASONS, Sandbox, SandboxResult, borrow_or_open
 
 __all__ = [
     "DEFAULT_CONSTANT_PROGRAM",
@@ -55,8 +56,9 @@ DEFAULT_CONSTANT_PROGRAM = "import cadquery as cq\nsolid = cq.Workplane('XY').bo
 _PROTOCOLS = ("aligned", "bbox", "mecagent")
 # Part of every cache key: bump it when cadcoder.geometry's scores change, so a resumed run never mixes
 # values of two metric versions (2: checked booleans, plane/sphere search, the challenge's normalisation;
-# 3: Chamfer points from trimesh's sampler, wider refinement of the rotation search).
-_SCORING_VERSION = 3
+# 3: Chamfer points from trimesh's sampler, wider refinement of the rotation search; 4: scored from BREP in a
+# clean child, separate timeouts for running and scoring).
+_SCORING_VERSION = 4
 
 
 def normalize_whitespace(code: str) -> str:
@@ -142,51 +144,57 @@ def _plan(predictions: list[str], references: list[str], score_kwargs: dict[str,
     return _Plan(predictions, references, score_kwargs, pair_keys, chance_perm, chance_keys)
 
 
-def _score_references(sb: Sandbox, plan: _Plan, cache: dict[str, Any], progress: bool) -> dict[str, SandboxResult]:
-    """Run every reference some unscored pair needs (each distinct program once); results by source."""
+def _programs_to_run(plan: _Plan, cache: dict[str, Any]) -> list[str]:
+    """Every program (reference or prediction) that some pair or chance pair not in the cache needs."""
     refs = plan.references
-    needed = {refs[i] for i in range(len(refs)) if plan.pair_keys[i] not in cache}
-    needed |= {refs[j] for i, j in enumerate(plan.chance_perm) if plan.chance_keys[i] not in cache}
-    todo = [r for r in dict.fromkeys(refs) if r in needed]
-    results = sb.map([SandboxJob(r, REFERENCE) for r in todo], progress="references" if progress else False)
-    return dict(zip(todo, results, strict=True))
+    needed = [p for i, key in enumerate(plan.pair_keys) if key not in cache for p in (refs[i], plan.predictions[i])]
+    needed += [refs[k] for i, j in enumerate(plan.chance_perm) if plan.chance_keys[i] not in cache for k in (i, j)]
+    return needed
 
 
 _Records = dict[int, dict[str, Any]]
 
 
-def _pair_jobs(
-    plan: _Plan, cache: dict[str, Any], ref_by_code: dict[str, SandboxResult]
-) -> tuple[list[SandboxJob], list[tuple[str, int]], _Records, _Records]:
-    """The sandbox jobs still to run, their (kind, index) slots, and the records the cache already holds."""
+@dataclass
+class _Work:
+    """What is left after step 1: the clean scoring requests, their (kind, index) slots, and known records."""
+
+    requests: list[dict[str, Any]]
+    slots: list[tuple[str, int]]
+    records: _Records
+    chance_records: _Records
+    settled: list[dict[str, Any]]  # records decided without scoring, still to append to the cache file
+
+
+def _pair_work(plan: _Plan, cache: dict[str, Any], solids: dict[str, SandboxResult]) -> _Work:
+    """Records the cache holds, records step 1 decided (a failed prediction or reference), and what to score."""
     refs = plan.references
-    jobs: list[SandboxJob] = []
-    slots: list[tuple[str, int]] = []
-    records: dict[int, dict[str, Any]] = {}
-    chance_records: dict[int, dict[str, Any]] = {}
+    work = _Work([], [], {}, {}, [])
     for i, key in enumerate(plan.pair_keys):
         if key in cache:
-            records[i] = cache[key]
+            work.records[i] = cache[key]
             continue
-        ref = ref_by_code[refs[i]]
-        if ref.ok:  # score against the reference; a failed reference still needs the prediction's status
-            jobs.append(SandboxJob(plan.predictions[i], SCORE, {"reference_brep": ref.value, **plan.score_kwargs}))
-        else:
-            jobs.append(SandboxJob(plan.predictions[i], DESCRIBE_SHAPE, {}))
-        slots.append(("pair", i))
+        pred, ref = solids[plan.predictions[i]], solids[refs[i]]
+        if pred.ok and ref.ok:
+            work.requests.append({"candidate_brep": pred.value, "reference_brep": ref.value, **plan.score_kwargs})
+            work.slots.append(("pair", i))
+        else:  # a failed reference still reports the prediction's own status
+            work.records[i] = _pair_record(key, pred, ref)
+            work.settled.append(work.records[i])
     for i, j in enumerate(plan.chance_perm):
         if plan.chance_keys[i] in cache:
-            chance_records[i] = cache[plan.chance_keys[i]]
+            work.chance_records[i] = cache[plan.chance_keys[i]]
             continue
-        ref_i, ref_j = ref_by_code[refs[i]], ref_by_code[refs[j]]
-        if ref_i.ok and ref_j.ok:
-            jobs.append(SandboxJob(refs[i], SCORE, {"reference_brep": ref_j.value, **plan.score_kwargs}))
-            slots.append(("chance", i))
-    return jobs, slots, records, chance_records
+        ref_i, ref_j = solids[refs[i]], solids[refs[j]]
+        if ref_i.ok and ref_j.ok:  # the chance level is an IoU only: no Chamfer points
+            kwargs = {**plan.score_kwargs, "chamfer_points": 0}
+            work.requests.append({"candidate_brep": ref_i.value, "reference_brep": ref_j.value, **kwargs})
+            work.slots.append(("chance", i))
+    return work
 
 
 def _pair_record(key: str, res: SandboxResult, ref: SandboxResult) -> dict[str, Any]:
-    """The cached record of one (prediction, reference) pair."""
+    """The cached record of one (prediction, reference) pair; ``res`` is its scoring or its failure."""
     scored = res.ok and ref.ok
     return {
         "key": key,
@@ -203,23 +211,33 @@ def _pair_record(key: str, res: SandboxResult, ref: SandboxResult) -> dict[str, 
 def _run_pairs(
     sb: Sandbox, plan: _Plan, cache: dict[str, Any], cache_file: Path | None, progress: bool
 ) -> tuple[_Records, _Records]:
-    """Score every pair (and chance pair) not in the cache, appending each finished record to `cache_file`."""
-    ref_by_code = _score_references(sb, plan, cache, progress)
-    jobs, slots, records, chance_records = _pair_jobs(plan, cache, ref_by_code)
+    """Score every pair (and chance pair) not in the cache, appending each finished record to `cache_file`.
 
-    def on_result(index: int, res: SandboxResult) -> None:
-        kind, i = slots[index]
-        if kind == "pair":
-            rec = records[i] = _pair_record(plan.pair_keys[i], res, ref_by_code[plan.references[i]])
-        else:
-            rec = chance_records[i] = {"key": plan.chance_keys[i], "status": res.status,
-                                       "iou": res.value["iou"] if res.ok else None}
+    Step 1 runs each needed program once to BREP; step 2 scores each BREP in a clean child
+    (:mod:`cadcoder.clean_scoring`), so a prediction cannot touch its own score.
+    """
+    solids = run_to_brep(sb, _programs_to_run(plan, cache), progress="programs" if progress else False)
+    work = _pair_work(plan, cache, solids)
+
+    def append(rec: dict[str, Any]) -> None:
         if cache_file is not None:
             with cache_file.open("a") as fh:
                 fh.write(json.dumps(rec) + "\n")
 
-    sb.map(jobs, progress="pairs" if progress else False, on_result=on_result)
-    return records, chance_records
+    for rec in work.settled:
+        append(rec)
+
+    def on_result(index: int, res: SandboxResult) -> None:
+        kind, i = work.slots[index]
+        if kind == "pair":
+            rec = work.records[i] = _pair_record(plan.pair_keys[i], res, solids[plan.references[i]])
+        else:
+            rec = work.chance_records[i] = {"key": plan.chance_keys[i], "status": res.status,
+                                            "iou": res.value["iou"] if res.ok else None}
+        append(rec)
+
+    score_breps(sb, work.requests, progress="pairs" if progress else False, on_result=on_result)
+    return work.records, work.chance_records
 
 
 def _summarise(predictions: list[str], records: dict[int, dict[str, Any]], protocol: str, fast: bool) -> dict[str, Any]:
@@ -281,7 +299,8 @@ def evaluate_programs(
         predictions: predicted programs (untrusted source).
         references: reference programs, same length.
         protocol: ``"aligned"``, ``"bbox"`` or ``"mecagent"`` (see :mod:`cadcoder.geometry`).
-        timeout: wall-clock seconds per program (execution plus scoring).
+        timeout: wall-clock seconds per sandbox job: a program's run to its solid, and, separately, the
+            scoring of that solid.
         num_workers: sandbox worker processes (default: CPU count, at most 8).
         with_chance: also score each valid reference against another one (seeded derangement) and
             report ``iou_chance``, the level an IoU must beat.

@@ -5,7 +5,9 @@ Normalisation and the rotation search of the ``"aligned"`` protocol live in :mod
 
 Every function here handles OpenCascade shapes, and OpenCascade can crash on valid solids, so these
 functions are meant to run *inside* a sandbox child (see :func:`score_task`), never in a caller that
-must survive. The caller-facing entry point is :func:`cadcoder.evaluation.evaluate_programs`.
+must survive, and never in the child that ran the generated program (it could have monkeypatched them):
+:mod:`cadcoder.clean_scoring` scores in a clean child. The caller-facing entry point is
+:func:`cadcoder.evaluation.evaluate_programs`.
 
 Protocols (named, because published numbers differ mainly by protocol):
 
@@ -465,7 +467,10 @@ def score_task(
     chamfer_points: int = 2048,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Sandbox task: score a prediction's shape against a reference given as BREP bytes.
+    """Score a prediction's shape against a reference given as BREP bytes (inside a sandbox child).
+
+    Called by :func:`cadcoder.brep_scoring.score_brep_task` in a child where no generated code ran; not a
+    task to run on a generated program itself, whose process could have patched what this calls.
 
     Returns:
         ``{"iou": float, "chamfer": float|None, "method": str, "search": str|None}``; ``method`` says

@@ -17,9 +17,10 @@ TaskRef = Union[str, Callable[..., Any]]
 DESCRIBE_SHAPE = "cadcoder.sandbox_program:describe_shape"
 """Volume, bounding box and solid count of the shape (the default task)."""
 REFERENCE = "cadcoder.geometry:reference_task"
-"""A reference solid's BREP and normalisation, scored against later by :data:`SCORE`."""
-SCORE = "cadcoder.geometry:score_task"
-"""IoU and Chamfer distance of the shape against a reference from :data:`REFERENCE`."""
+"""The shape's BREP bytes: a reference's, or a candidate's handed over to :data:`SCORE_BREP`."""
+SCORE_BREP = "cadcoder.brep_scoring:score_brep_task"
+"""IoU, Chamfer distance and / or render of a solid given as BREP, in a child where no generated code ran
+(run on :data:`cadcoder.clean_scoring.CLEAN_PROGRAM`; the metric and the RL rewards score only this way)."""
 RENDER = "cadcoder.render:render_task"
 """A render of the shape in the GenCAD-Code look (or a given :class:`cadcoder.render.RenderStyle`)."""
 CANDIDATE = "cadcoder.export:candidate_task"
@@ -28,7 +29,5 @@ EXPORT = "cadcoder.export:export_task"
 """STEP text, mesh arrays and preview of the chosen program's solid."""
 SYNTH_SAMPLE = "cadcoder.synth.dataset:synth_sample_task"
 """Validation, geometry key and render of one synthetic program."""
-RL_SCORE_BREP = "cadcoder.rl.scoring:score_brep_task"
-"""IoU and / or render of a solid given as BREP, in a child where no generated code ran (the RL rewards)."""
 
-ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE, RL_SCORE_BREP)
+ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE_BREP, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE)

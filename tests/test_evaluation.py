@@ -213,3 +213,13 @@ def test_metric_module_scores_a_patched_reference_loader_honestly():
     out = metric.compute(predictions=[hacked, HONEST], references=[HACK_REFERENCE] * 2, num_workers=1, timeout=20)
     assert out["statuses"] == ["ok", "ok"], out["errors"]
     assert out["ious"][0] == out["ious"][1] < 0.9
+
+
+def test_clean_scoring_reports_a_bad_brep_as_invalid_shape(sandbox):
+    from cadcoder.clean_scoring import run_to_brep, score_breps
+
+    ref = run_to_brep(sandbox, [HACK_REFERENCE])[HACK_REFERENCE]
+    bad, good = score_breps(sandbox, [{"candidate_brep": b"not a BREP", "reference_brep": ref.value},
+                                      {"candidate_brep": ref.value, "reference_brep": ref.value}])
+    assert bad.status == "invalid_shape" and "BREP" in bad.error
+    assert good.ok and good.value["iou"] == pytest.approx(1.0, abs=1e-6)

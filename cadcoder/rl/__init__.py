@@ -20,8 +20,8 @@ is the entry point.
   and its ``text`` is the *target* program (an EOS-terminated training row with labels), not a prompt.
 
 Driving GRPOTrainer would mean patching its prompt path or changing the processor's contract on the Hub, so
-this package is a small loop on plain torch. The submodules import lazily: the sandbox worker imports
-:mod:`cadcoder.rl.scoring` without torch.
+this package is a small loop on plain torch. The submodules import lazily, so importing the package loads no
+torch. Rewards are scored the metric's way, in a clean sandbox child (:mod:`cadcoder.clean_scoring`).
 """
 
 from __future__ import annotations

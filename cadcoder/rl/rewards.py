@@ -11,8 +11,9 @@ Two named rewards, both :class:`ExecutionReward`:
   where the similarity is render-and-compare's (:func:`cadcoder.image_metrics.image_similarity`) between the
   input image and a dataset-style render of the program's solid. It needs no programs in the data.
 
-Each program costs two sandbox jobs (see :mod:`cadcoder.rl.scoring`): it runs and hands over its solid as
-BREP, then a clean child scores that BREP, so monkeypatching inside a program cannot change its score.
+Each distinct program costs two sandbox jobs (see :mod:`cadcoder.clean_scoring`, shared with the metric): it
+runs and hands over its solid as BREP, then a clean child scores that BREP, so monkeypatching inside a program
+cannot change its score.
 
 Any callable ``reward(programs, examples, sandbox) -> list[float | RewardResult]`` works in the loop as
 well (a toy reward in tests, a learned critic...).
@@ -26,11 +27,10 @@ from typing import Any, Union
 
 from PIL import Image
 
+from cadcoder.clean_scoring import run_to_brep, score_breps
 from cadcoder.image_metrics import image_similarity
-from cadcoder.rl.scoring import CLEAN_PROGRAM
-from cadcoder.sandbox import Sandbox, SandboxJob, SandboxResult
+from cadcoder.sandbox import Sandbox, SandboxResult
 from cadcoder.selection import scoring_render_size
-from cadcoder.tasks import REFERENCE, RL_SCORE_BREP
 
 __all__ = ["REWARDS", "RLExample", "RewardResult", "RewardFn", "ExecutionReward", "make_reward", "as_results"]
 
@@ -126,19 +126,20 @@ class ExecutionReward:
         if len(programs) != len(examples):
             raise ValueError(f"got {len(programs)} programs but {len(examples)} examples; pass one example per program")
         references = self._reference_results(examples, sandbox)
-        solids = sandbox.map([SandboxJob(p, REFERENCE) for p in programs])
+        by_code = run_to_brep(sandbox, programs)
         results: list[RewardResult | None] = [None] * len(programs)
-        jobs, slots = [], []
-        for i, (solid, example, ref) in enumerate(zip(solids, examples, references)):
+        requests, slots = [], []
+        for i, (program, example, ref) in enumerate(zip(programs, examples, references)):
+            solid = by_code[program]
             if not solid.ok:
                 results[i] = RewardResult(-self.failure_penalty, solid.status, solid.error)
             elif self.kind == "iou" and not (ref is not None and ref.ok):
                 results[i] = RewardResult(0.0, REFERENCE_FAILED, f"reference program failed: {ref.status}: {ref.error}"
                                           if ref is not None else "no reference program")  # fmt: skip
             else:
-                jobs.append(SandboxJob(CLEAN_PROGRAM, RL_SCORE_BREP, self._score_kwargs(solid.value, example, ref)))
+                requests.append(self._score_kwargs(solid.value, example, ref))
                 slots.append(i)
-        for i, scored in zip(slots, sandbox.map(jobs)):
+        for i, scored in zip(slots, score_breps(sandbox, requests)):
             results[i] = self._result(scored, examples[i])
         return results  # type: ignore[return-value]
 
@@ -147,8 +148,7 @@ class ExecutionReward:
         if self.kind == "render" and not self.log_iou:
             return [None] * len(examples)
         todo = list(dict.fromkeys(ex.program for ex in examples if ex.program and ex.program not in self._references))
-        for program, result in zip(todo, sandbox.map([SandboxJob(p, REFERENCE) for p in todo])):
-            self._references[program] = result
+        self._references.update(run_to_brep(sandbox, todo))
         return [self._references.get(ex.program) if ex.program else None for ex in examples]
 
     def _score_kwargs(self, brep: bytes, example: RLExample, ref: SandboxResult | None) -> dict[str, Any]:
@@ -160,12 +160,10 @@ class ExecutionReward:
         return kwargs
 
     def _result(self, scored: SandboxResult, example: RLExample) -> RewardResult:
-        """The reward of a program from its scoring job."""
+        """The reward of a program from its :func:`cadcoder.clean_scoring.clean_result`."""
         if not scored.ok:
-            return RewardResult(-self.failure_penalty, scored.status, f"scoring failed: {scored.error}")
+            return RewardResult(-self.failure_penalty, scored.status, scored.error)
         value = scored.value
-        if not value["valid"]:
-            return RewardResult(-self.failure_penalty, "invalid_shape", value["error"])
         iou = value.get("iou")
         if self.kind == "iou":
             return RewardResult(self.iou_weight * float(iou), iou=float(iou))

@@ -15,7 +15,8 @@ _CITATION = """\
 
 _DESCRIPTION = """\
 Executes predicted and reference CadQuery programs in an isolated sandbox (policy check, separate
-processes, resource limits, wall-clock timeouts) and compares the resulting solids by volume IoU under
+processes, resource limits, wall-clock timeouts) and compares the resulting solids, handed over as BREP
+to a fresh sandbox child in which no generated code ran (so a prediction cannot patch its scorer), by volume IoU under
 a named protocol: "aligned" (centre of mass, radius of gyration, principal axes, best of 4 sign flips,
 exact OpenCascade booleans), "bbox" (bounding-box centre, longest side 1) or "mecagent" (the MecAgent
 challenge's surface-voxel best IoU, reimplemented). Also reports the valid syntax rate, IoU over valid
@@ -28,7 +29,7 @@ Args:
     predictions (list of str): predicted CadQuery programs.
     references (list of str): reference CadQuery programs, one per prediction.
     protocol (str): "aligned" (default), "bbox" or "mecagent".
-    timeout (float): wall-clock seconds per program, default 10.
+    timeout (float): wall-clock seconds per sandbox job (running a program; scoring its solid), default 10.
     num_workers (int or None): sandbox worker processes, default CPU count (at most 8).
     with_chance (bool): also report `iou_chance` (references scored against shuffled references).
     fast (bool): mesh-boolean IoU (within 0.005 of exact) instead of exact OpenCascade booleans.
