@@ -596,5 +596,11 @@ if not __package__:  # imported as an installed module (not as Hub remote code):
     except ImportError:
         from configuration_cadcoder import CadCoderConfig
 
-    AutoImageProcessor.register(CadCoderConfig, slow_image_processor_class=CadCoderImageProcessor, exist_ok=True)
+    # One class serves every backend (it converts images itself), so it is registered for both: registered for
+    # "pil" alone, AutoImageProcessor asks for "torchvision" whenever torchvision is installed and warns on fallback.
+    AutoImageProcessor.register(
+        CadCoderConfig,
+        image_processor_classes={"pil": CadCoderImageProcessor, "torchvision": CadCoderImageProcessor},
+        exist_ok=True,
+    )
     AutoProcessor.register(CadCoderConfig, CadCoderProcessor, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from transformers.tokenization_utils_base import TruncationStrategy
 from transformers.utils import PaddingStrategy, TensorType
+from transformers.utils import logging as transformers_logging
 
 from processing_cadcoder import GRAY_MEAN, GRAY_STD, CadCoderImageProcessor, CadCoderProcessor, post_process_program
 
@@ -272,6 +274,35 @@ def test_save_and_load(processor, tmp_path):
     assert loaded.num_image_tokens == 4 and loaded.image_token_id == processor.image_token_id
     assert loaded.image_processor.size == 64 and loaded.image_processor.num_channels == 1
     assert loaded.prompt_ids() == processor.prompt_ids()
+
+
+class _Records(logging.Handler):
+    """Keeps the messages logged to the logger it is attached to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_auto_loading_uses_an_available_backend_without_a_fallback_warning(processor, tmp_path):
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    processor.save_pretrained(tmp_path)
+    transformers_logging.warning_once.cache_clear()  # a fallback warned earlier in the session would hide this one
+    records = _Records()
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(records)
+    try:
+        loaded = [AutoImageProcessor.from_pretrained(tmp_path),
+                  AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True).image_processor]
+        loaded += [AutoImageProcessor.from_pretrained(tmp_path, backend=backend) for backend in ("pil", "torchvision")]
+    finally:
+        library_logger.removeHandler(records)
+    assert [type(image_processor).__name__ for image_processor in loaded] == ["CadCoderImageProcessor"] * 4
+    assert not [message for message in records.messages if "backend" in message], records.messages
 
 
 # --------------------------------------------------------------------------------------------- decoding

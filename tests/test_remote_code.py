@@ -119,6 +119,7 @@ def test_fresh_process_loads_every_auto_class_and_generates_the_same_tokens(save
         cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "backend is not available" not in proc.stderr, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
     result = json.loads(line[len("RESULT") :])
     assert result["leaked"] == []
