@@ -34,9 +34,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import common  # benchmarks/common.py, beside this script
+
 from cadcoder.evaluation import distinct_share
 from cadcoder.provenance import machine_summary
+
+REPO = common.REPO
 
 
 def _quickstart_paths() -> tuple[str, str]:
@@ -56,18 +59,6 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _perturb(code: str, rng, spread: float) -> str:
-    """Multiply every non-zero numeric literal by its own factor in [1 - spread, 1 + spread]."""
-    import re
-
-    def repl(m: re.Match) -> str:
-        value = float(m.group(0))
-        return m.group(0) if value == 0 else f"{value * rng.uniform(1 - spread, 1 + spread):.4g}"
-
-    head, sep, body = code.partition("\n")  # keep the import line
-    return head + sep + re.sub(r"(?<![\w.])\d+\.\d+|(?<![\w.])\d+(?![\w.])", repl, body)
-
-
 def _scorer_check(images: list, references: list[str], pool: int, seed: int, sb, eval_kw: dict, near_miss: bool) -> dict:
     """How well the render-and-compare score alone finds the true program in a pool.
 
@@ -84,7 +75,7 @@ def _scorer_check(images: list, references: list[str], pool: int, seed: int, sb,
     cands = []
     for i in range(n):
         if near_miss:
-            pool_i = [references[i]] + [_perturb(references[i], rng, 0.3) for _ in range(k - 1)]
+            pool_i = [references[i]] + [common.perturb_numbers(references[i], rng, 0.3) for _ in range(k - 1)]
         else:
             others = rng.choice([j for j in range(n) if j != i], size=k - 1, replace=False).tolist()
             pool_i = [references[j] for j in [i] + others]

@@ -7,8 +7,8 @@ Measured:
 * ``compute`` through ``evaluate.load("./metrics/cad_iou")``: cold (a fresh sandbox per call, workers
   start and import cadquery) for exact and fast IoU;
 * ``evaluate_programs`` with an already started sandbox (warm), exact and fast;
-* NAIVE BASELINE, in-process and UNSAFE, run only here on the trusted sample programs: ``exec`` each
-  program in this process and compute the surface-voxel IoU at pitch 0.05 (the challenge's metric,
+* NAIVE BASELINE, in-process and UNSAFE (``common.naive_metric``, in a child process of its own): ``exec``
+  each program in that process and compute the surface-voxel IoU at pitch 0.05 (the challenge's metric,
   ``cadcoder.geometry.mecagent_iou``), one pair after another, as the challenge script does;
 * mean / max absolute error of the fast IoU against the exact IoU over the same pairs.
 
@@ -21,12 +21,13 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
+
+import common  # benchmarks/common.py, beside this script
 
 from cadcoder.provenance import machine_summary
 from cadcoder.real_sample import load_sample
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = common.REPO
 
 
 def load_pairs(limit: int) -> tuple[list[str], list[str]]:
@@ -34,22 +35,6 @@ def load_pairs(limit: int) -> tuple[list[str], list[str]]:
     preds = progs + progs
     refs = progs[1:] + progs[:1] + progs
     return preds[:limit], refs[:limit]
-
-
-def naive_baseline(preds: list[str], refs: list[str]) -> tuple[float, list[float]]:
-    """UNSAFE in-process exec + surface-voxel IoU. Trusted sample programs only."""
-    import cadquery as cq
-
-    from cadcoder.geometry import mecagent_iou
-
-    def run(code: str):
-        ns: dict = {"cq": cq, "cadquery": cq}
-        exec(code, ns)  # noqa: S102 - deliberately the naive baseline, trusted programs only
-        return ns["solid"].val()
-
-    t0 = time.perf_counter()
-    ious = [mecagent_iou(run(p), run(r)) for p, r in zip(preds, refs, strict=True)]
-    return time.perf_counter() - t0, ious
 
 
 def main() -> None:
@@ -85,8 +70,9 @@ def main() -> None:
         t0 = time.perf_counter()
         mec = evaluate_programs(preds, refs, protocol="mecagent", sandbox=sb, progress=False, chamfer_points=0)
         rows.append(("evaluate_programs warm, mecagent protocol (sandboxed)", time.perf_counter() - t0, mec["failures"]))
-    naive_s, naive_ious = naive_baseline(preds, refs)
-    rows.append(("NAIVE in-process exec + surface voxels (unsafe)", naive_s, {}))
+    naive = common.naive_metric_isolated(preds, refs)
+    naive_s, naive_ious = naive["seconds"], naive["ious"]
+    rows.append(("NAIVE in-process exec + surface voxels (unsafe)", naive_s, naive["failures"]))
     naive_rate = n / naive_s
     print(f"\n{'setting':<58} {'seconds':>8} {'pairs/s':>8} {'x naive':>8}  failures")
     for name, secs, fails in rows:
@@ -96,7 +82,7 @@ def main() -> None:
     errs = [abs(a - b) for a, b in zip(exact, fast, strict=True) if a is not None and b is not None]
     print(f"\nfast vs exact IoU over {len(errs)} pairs: MAE {statistics.fmean(errs):.5f}, max {max(errs):.5f}")
     sandboxed_mec = mec["ious"]
-    agree = [abs(a - b) for a, b in zip(sandboxed_mec, naive_ious, strict=True) if a is not None]
+    agree = [abs(a - b) for a, b in zip(sandboxed_mec, naive_ious, strict=True) if a is not None and b is not None]
     print(f"sandboxed mecagent protocol vs naive baseline IoU: max abs diff {max(agree):.2e} over {len(agree)} pairs")
     print(f"aligned exact iou_mean over these pairs: {results[False]['iou_mean']:.4f}; mecagent: {mec['iou_mean']:.4f}")
 
