@@ -128,7 +128,8 @@ class ExecutionReward:
         references = self._reference_results(examples, sandbox)
         by_code = run_to_brep(sandbox, programs)
         results: list[RewardResult | None] = [None] * len(programs)
-        requests, slots = [], []
+        requests: list[dict[str, Any]] = []
+        slots: dict[tuple[str, int], list[int]] = {}  # (program, example) -> positions; each scores once
         for i, (program, example, ref) in enumerate(zip(programs, examples, references)):
             solid = by_code[program]
             if not solid.ok:
@@ -136,11 +137,14 @@ class ExecutionReward:
             elif self.kind == "iou" and not (ref is not None and ref.ok):
                 results[i] = RewardResult(0.0, REFERENCE_FAILED, f"reference program failed: {ref.status}: {ref.error}"
                                           if ref is not None else "no reference program")  # fmt: skip
+            elif (program, id(example)) in slots:
+                slots[program, id(example)].append(i)
             else:
                 requests.append(self._score_kwargs(solid.value, example, ref))
-                slots.append(i)
-        for i, scored in zip(slots, score_breps(sandbox, requests)):
-            results[i] = self._result(scored, examples[i])
+                slots[program, id(example)] = [i]
+        for positions, scored in zip(slots.values(), score_breps(sandbox, requests), strict=True):
+            for i in positions:
+                results[i] = self._result(scored, examples[i])
         return results  # type: ignore[return-value]
 
     def _reference_results(self, examples: Sequence[RLExample], sandbox: Sandbox) -> list[SandboxResult | None]:
