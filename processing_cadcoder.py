@@ -160,6 +160,9 @@ def _open_pil(source: Any, name: str) -> Image.Image:
         with Image.open(source) as opened:
             opened.load()
             return opened.copy()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{name} is too large to decode safely ({exc}); downscale it (the model sees "
+                         "448x448 pixels) and pass it again") from None  # fmt: skip
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{name} is not a readable image ({type(exc).__name__}: {exc}); pass a PNG or JPEG file") from None
 

@@ -25,7 +25,9 @@ CAD = [
     "matplotlib",
 ]
 TRAIN = ["accelerate>=1.0", "tensorboard"]
-TEST = ["pytest>=8", "pytest-timeout", "psutil", "nbclient", "nbformat", "ipykernel"]
+DEMO = ["gradio>=5,<7"]
+# The browser test drives Debian's chromium through Playwright's driver (no browser download).
+TEST = ["pytest>=8", "pytest-timeout", "psutil", "nbclient", "nbformat", "ipykernel", "playwright>=1.40"]
 
 setup(
     name="cadcoder",
@@ -38,6 +40,6 @@ setup(
     py_modules=HUB_FACE,
     packages=find_packages(include=["cadcoder", "cadcoder.*"]),
     install_requires=CORE + CAD,
-    extras_require={"train": TRAIN, "test": TRAIN + TEST, "all": TRAIN + TEST},
+    extras_require={"train": TRAIN, "demo": DEMO, "test": TRAIN + DEMO + TEST, "all": TRAIN + DEMO + TEST},
     entry_points={"console_scripts": ["cadcoder=cadcoder.cli:main"]},
 )

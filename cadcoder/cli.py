@@ -4,6 +4,7 @@
     cadcoder evaluate PREDS.jsonl                      score predictions against references
     cadcoder synth --num N --out DIR                   build a synthetic GenCAD-style dataset
     cadcoder render PROGRAM.py --out IMAGE.png         render a program the way the dataset does
+    cadcoder demo --model M [--port P]                 serve the browser demo (needs the demo extra)
 
 Each verb's arguments are declared here; the work is done by the library module named in its handler.
 Heavy imports (torch, cadquery) happen inside the handlers so `cadcoder --help` stays fast.
@@ -95,11 +96,31 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return render_cli(args)
 
 
+# --- demo (cadcoder.demo) ----------------------------------------------------------------------
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="serve the browser demo: image in, program, 3D view and STEP/STL out")
+    p.add_argument("--model", default=None,
+                   help="a saved model folder or a Hub id; without one the page says how to get a model")
+    p.add_argument("--port", type=int, default=None, help="port to serve on (default 7860, or $GRADIO_SERVER_PORT)")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 serves the network)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per program in the sandbox")
+    p.add_argument("--device", default=None, help="torch device; default cuda if available else cpu")
+    p.add_argument("--examples-dir", default=None, help="where the example images are made and cached")
+    p.add_argument("--num-examples", type=int, default=4)
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cadcoder.demo.page import demo_cli
+
+    return demo_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the `cadcoder` command."""
     parser = argparse.ArgumentParser(prog="cadcoder", description="Image-to-CadQuery tools.")
     sub = parser.add_subparsers(dest="verb", required=True)
-    for add in (_add_generate, _add_evaluate, _add_synth, _add_render):
+    for add in (_add_generate, _add_evaluate, _add_synth, _add_render, _add_demo):
         add(sub)
     return parser
 

@@ -43,6 +43,7 @@ from cadcoder.loading import load_model
 from cadcoder.selection import (
     STRATEGIES,
     CadPrediction,
+    ProgressCallback,
     Candidate,
     check_strategy,
     default_num_workers,
@@ -281,11 +282,16 @@ def _sample_pools(
     start: int,
     deadline: float | None,
     options: GenerationOptions,
+    on_progress: ProgressCallback | None = None,
 ) -> list[list[Candidate]]:
     """Generate the candidates of one batch round by round; ``first_valid`` runs them after each round."""
     pools: list[list[Candidate]] = [[] for _ in images]
     first_valid = options.strategy == "first_valid"
-    for r, (do_sample, k) in enumerate(_rounds(options)):
+    rounds = _rounds(options)
+    planned = len(images) * sum(k for _, k in rounds)
+    for r, (do_sample, k) in enumerate(rounds):
+        if on_progress is not None:
+            on_progress("generating", sum(map(len, pools)), planned)
         if r > 0 and deadline is not None and time.monotonic() > deadline:
             break
         active = [i for i in range(len(images)) if not (first_valid and any(c.ok for c in pools[i]))]
@@ -299,20 +305,29 @@ def _sample_pools(
                 pools[i].append(Candidate(len(pools[i]), program, sampled=do_sample))
         if first_valid:
             run_candidates(sandbox, [images[i] for i in active], [pools[i] for i in active], options.strategy,
-                           deadline, options.render_style, options.keep_renders)  # fmt: skip
+                           deadline, options.render_style, options.keep_renders, on_progress=on_progress)  # fmt: skip
     return pools
 
 
 def _generate_batch(
-    model: Any, processor: Any, sandbox: Any, images: Sequence[Image.Image], start: int, options: GenerationOptions
+    model: Any,
+    processor: Any,
+    sandbox: Any,
+    images: Sequence[Image.Image],
+    start: int,
+    options: GenerationOptions,
+    on_progress: ProgressCallback | None = None,
 ) -> list[CadPrediction]:
     """Sample, run, choose and export for one batch of images (``start``: its offset in the input)."""
     t0 = time.monotonic()
     deadline = None if options.time_budget is None else t0 + float(options.time_budget) * len(images)
-    pools = _sample_pools(model, processor, sandbox, images, start, deadline, options)
+    pools = _sample_pools(model, processor, sandbox, images, start, deadline, options, on_progress)
     if options.strategy != "first_valid":
-        run_candidates(sandbox, images, pools, options.strategy, deadline, options.render_style, options.keep_renders)
+        run_candidates(sandbox, images, pools, options.strategy, deadline, options.render_style, options.keep_renders,
+                       on_progress=on_progress)  # fmt: skip
     per_image = (time.monotonic() - t0) / len(images)
+    if on_progress is not None and options.export:
+        on_progress("exporting", 0, len(images))
     return finish_predictions(sandbox, pools, options.strategy, [per_image] * len(images), export=options.export,
                               preview_size=options.preview_size, render_style=options.render_style)  # fmt: skip
 
@@ -324,6 +339,7 @@ def generate_cad(
     options: GenerationOptions | None = None,
     *,
     sandbox: Any = None,
+    on_progress: ProgressCallback | None = None,
     **overrides: Any,
 ) -> list[CadPrediction]:
     """Image(s) of a part -> CadQuery program(s) that execute, chosen by executing and rendering candidates.
@@ -336,6 +352,10 @@ def generate_cad(
         options: the settings (:class:`GenerationOptions`); ``None``: the defaults.
         sandbox: an open :class:`cadcoder.sandbox.Sandbox` to reuse (its timeout applies); ``None`` starts one
             with the options' ``timeout`` and ``num_workers`` for this call.
+        on_progress: called as ``on_progress(stage, done, total)`` while a batch is worked on: ``"generating"``
+            before each sampling round (candidates generated so far of those planned), ``"running"`` after
+            each program finishes in the sandbox, ``"exporting"`` before the winners are exported. A web
+            page or a GUI shows progress with it; ``progress=True`` shows a bar over batches instead.
         **overrides: option fields replacing those of ``options``, e.g. ``strategy="greedy"``.
 
     Returns:
@@ -363,7 +383,8 @@ def generate_cad(
     predictions: list[CadPrediction] = []
     with borrow_or_open(sandbox, num_workers=workers, timeout=opts.timeout) as sb:
         for start in batches:
-            predictions.extend(_generate_batch(model, processor, sb, pil[start : start + batch_size], start, opts))
+            batch = pil[start : start + batch_size]
+            predictions.extend(_generate_batch(model, processor, sb, batch, start, opts, on_progress))
     return predictions
 
 

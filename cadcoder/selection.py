@@ -32,6 +32,7 @@ from cadcoder.tasks import CANDIDATE, EXPORT
 
 __all__ = [
     "STRATEGIES",
+    "ProgressCallback",
     "NOT_RUN",
     "EMPTY",
     "NO_VALID",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 STRATEGIES: tuple[str, ...] = ("greedy", "first_valid", "render_compare")
+
+#: ``on_progress(stage, done, total)``: ``stage`` is ``"generating"``, ``"running"`` or ``"exporting"``.
+ProgressCallback = Callable[[str, int, int], None]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,17 +99,27 @@ def _record(job: _Job, res: Any) -> None:
             job.hook(cand, res.value)
 
 
-def _execute(sandbox: Any, jobs: list[_Job], deadline: float | None, always_run: set[int]) -> None:
+def _execute(
+    sandbox: Any, jobs: list[_Job], deadline: float | None, always_run: set[int], on_progress: ProgressCallback | None
+) -> None:
     """Run the jobs' candidates in the sandbox in parallel, in order; fill status/error/summary; call hooks.
 
     Without a deadline every job runs in one :meth:`Sandbox.map`. With one, jobs go in waves as wide as the
     sandbox; a wave that starts after ``deadline`` skips its jobs (``not_run``), except candidates whose
-    ``id()`` is in ``always_run``.
+    ``id()`` is in ``always_run``. ``on_progress("running", done, total)`` follows each finished job.
     """
     if not jobs:
         return
     width = len(jobs) if deadline is None else max(1, int(getattr(sandbox, "num_workers", 1)))
     from cadcoder.sandbox import SandboxJob
+
+    done = [0]
+
+    def record(job: _Job, res: Any) -> None:
+        _record(job, res)
+        done[0] += 1
+        if on_progress is not None:
+            on_progress("running", done[0], len(jobs))
 
     for start in range(0, len(jobs), width):
         wave = jobs[start : start + width]
@@ -115,7 +129,7 @@ def _execute(sandbox: Any, jobs: list[_Job], deadline: float | None, always_run:
                     job.cand.status, job.cand.reason = NOT_RUN, "time budget exhausted before it could run"
             wave = [job for job in wave if id(job.cand) in always_run]
         items = [SandboxJob(job.cand.program, CANDIDATE, job.kwargs) for job in wave]
-        sandbox.map(items, on_result=lambda i, res, _wave=wave: _record(_wave[i], res))
+        sandbox.map(items, on_result=lambda i, res, _wave=wave: record(_wave[i], res))
 
 
 def _copy_outcome(dst: Candidate, src: Candidate) -> None:
@@ -149,6 +163,7 @@ def run_candidates(
     render_style: dict[str, Any] | None = None,
     keep_renders: bool = False,
     upto: int | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> None:
     """Execute (and for ``render_compare`` render and score) the not-yet-run candidates of each pool.
 
@@ -162,6 +177,7 @@ def run_candidates(
         render_style: :class:`cadcoder.render.RenderStyle` fields of the scoring renders.
         keep_renders: keep each candidate's scoring render in ``Candidate.render``.
         upto: only candidates with ``index < upto`` run (all when ``None``).
+        on_progress: called as ``on_progress("running", done, total)`` after each program finishes.
 
     A program identical to one already run in the same pool is not run again but copies its outcome.
     """
@@ -191,7 +207,7 @@ def run_candidates(
                 jobs.append(_Job(cand, kwargs, _scoring_hook(image, keep_renders)))
             else:
                 jobs.append(_Job(cand, {"render_size": None}))
-    _execute(sandbox, jobs, deadline, always_run)
+    _execute(sandbox, jobs, deadline, always_run, on_progress)
     for dup, orig in duplicates:
         _copy_outcome(dup, orig)
         if dup.status != NOT_RUN:

@@ -18,6 +18,8 @@ Fixtures (use them from any test file):
     sample_images        list of 4 synthetic 448x448 RGB PIL renders of boxes/discs (distinct shapes).
     sample_programs      4 synthetic programs paired with ``sample_images`` by position (the drawings do not
                          depict them: use the pairs for shapes/plumbing, not for geometry).
+    overfit_cadcoder     factory: ``overfit_cadcoder(programs, images) -> (model, processor)``, a 1-layer model
+                         trained until greedy decoding writes each image's program (~80 AdamW steps, seconds).
 """
 
 from __future__ import annotations
@@ -135,3 +137,38 @@ def sample_images():
             draw.rectangle(box, fill=(170, 170, 170), outline=(20, 20, 20), width=3)
         images.append(image)
     return images
+
+
+@pytest.fixture(scope="session")
+def overfit_cadcoder():
+    """Factory: ``overfit_cadcoder(programs, images, image_size=64) -> (model, processor)`` in eval mode.
+
+    A tokenizer trained on ``programs``, ``test_resnet`` and a 1-layer CodeGen, fitted with ~80 AdamW steps
+    on one thread, so greedy decoding reproduces the program of each image: a model whose output executes.
+    """
+    from cadcoder.factory import build_tiny_cadcoder
+    from cadcoder.tokenizer import train_code_tokenizer
+
+    def fit(programs, images, image_size=64, steps=80):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a shared CPU makes multi-threaded tiny steps far slower, not faster
+        try:
+            tokenizer = train_code_tokenizer(list(programs) * 4, vocab_size=300)
+            model, processor = build_tiny_cadcoder(
+                tokenizer, image_size=image_size, vision_architecture="test_resnet", n_layer=1, n_embd=64,
+                n_head=2, max_new_tokens=40, seed=0,
+            )  # fmt: skip
+            batch = processor(images=list(images), text=list(programs), return_tensors="pt")
+            opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+            model.train()
+            for _ in range(steps):
+                loss = model(**batch).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+            model.eval()
+        finally:
+            torch.set_num_threads(threads)
+        return model, processor
+
+    return fit

@@ -56,31 +56,9 @@ def big_image(sandbox):
 
 
 @pytest.fixture(scope="module")
-def trained(shape_images):
+def trained(shape_images, overfit_cadcoder):
     """(model, processor) overfitted on the four programs: ~80 AdamW steps on one thread (a few seconds)."""
-    from cadcoder.factory import build_tiny_cadcoder
-    from cadcoder.tokenizer import train_code_tokenizer
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared CPU makes multi-threaded tiny steps far slower, not faster
-    try:
-        tokenizer = train_code_tokenizer(PROGRAMS * 4, vocab_size=300)
-        model, processor = build_tiny_cadcoder(
-            tokenizer, image_size=IMAGE_SIZE, vision_architecture="test_resnet", n_layer=1, n_embd=64, n_head=2,
-            max_new_tokens=40, seed=0,
-        )  # fmt: skip
-        batch = processor(images=shape_images, text=PROGRAMS, return_tensors="pt")
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(80):
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        model.eval()
-    finally:
-        torch.set_num_threads(threads)
-    return model, processor
+    return overfit_cadcoder(PROGRAMS, shape_images, image_size=IMAGE_SIZE)
 
 
 # ----------------------------------------------------------------------------------------------

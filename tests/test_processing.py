@@ -86,6 +86,18 @@ def test_bad_images_raise_clear_errors(image_processor, image, message):
         image_processor(image)
 
 
+def test_a_decompression_bomb_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from processing_cadcoder import to_rgb_image
+
+    path = tmp_path / "bomb.png"
+    Image.new("L", (200, 200), 255).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 40,000 pixels is now over twice the limit
+    with pytest.raises(ValueError, match="too large to decode safely.*downscale it"):
+        to_rgb_image(path)
+
+
 # ------------------------------------------------------------------------------------------------ processor
 @pytest.fixture
 def processor(tiny_tokenizer):
