@@ -21,10 +21,6 @@ def default_examples_dir() -> Path:
     return Path(env) if env else Path(tempfile.gettempdir()) / "cadcoder-demo-examples"
 
 
-def _ink(image: np.ndarray) -> float:
-    return float((np.abs(image.astype(np.int16) - 255).sum(-1) > 30).mean())
-
-
 def make_example_images(
     folder: str | os.PathLike | None = None,
     count: int = 4,
@@ -51,6 +47,7 @@ def make_example_images(
         The ``count`` image paths, in order.
     """
     from cadcoder.sandbox import borrow_or_open
+    from cadcoder.synth.dataset import ink_fraction
     from cadcoder.synth.programs import generate_program
     from cadcoder.tasks import RENDER
 
@@ -67,7 +64,7 @@ def make_example_images(
             for _ in range(50):
                 result = box.run(generate_program(program_seed, complexity), task=RENDER, size=size)
                 program_seed += 1
-                if result.ok and _ink(np.asarray(result.value)) >= _MIN_INK:
+                if result.ok and ink_fraction(result.value) >= _MIN_INK:
                     break
             else:
                 raise RuntimeError(f"no synthetic part rendered in 50 tries ({result.status}: {result.error})")

@@ -73,6 +73,12 @@ def geometry_key(fingerprint: dict[str, Any], digits: int = 4) -> str:
     return hashlib.sha1(repr([round(float(v), digits) + 0.0 for v in vals]).encode()).hexdigest()
 
 
+def ink_fraction(image: np.ndarray, background_rgb: Sequence[int] = (255, 255, 255)) -> float:
+    """Fraction of the pixels of an (H, W, 3) render that differ from the background (sum of |RGB delta| > 30)."""
+    bg = np.array(background_rgb, dtype=np.int16)
+    return float((np.abs(np.asarray(image).astype(np.int16) - bg).sum(-1) > 30).mean())
+
+
 def synth_sample_task(shape: Any, size: int = 448, style: dict[str, Any] | None = None,
                       min_ink: float = 0.002) -> dict[str, Any]:
     """Sandbox task run on each synthetic program's validated solid: render it and fingerprint it.
@@ -83,8 +89,7 @@ def synth_sample_task(shape: Any, size: int = 448, style: dict[str, Any] | None 
     t0 = time.perf_counter()
     img = _render.render_task(shape, size=size, **(style or {}))
     render_seconds = time.perf_counter() - t0
-    bg = np.array((style or {}).get("background_rgb", (255, 255, 255)), dtype=np.int16)
-    ink = float((np.abs(img.astype(np.int16) - bg).sum(-1) > 30).mean())
+    ink = ink_fraction(img, (style or {}).get("background_rgb", (255, 255, 255)))
     buf = io.BytesIO()
     Image.fromarray(img, mode="RGB").save(buf, format="PNG", optimize=False, compress_level=6)
     bb = shape.BoundingBox()
