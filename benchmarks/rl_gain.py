@@ -96,8 +96,9 @@ def rl_facts(folder: str | Path) -> dict[str, Any]:
         found = re.search(r"## RL config\s*```json\s*(\{.*?\})\s*```", card.read_text(encoding="utf-8"), re.DOTALL)
         if found:
             config = json.loads(found.group(1))
-            facts.update({k: config.get(k) for k in ("reward", "model_name_or_path", "learning_rate", "kl_coef",
-                                                     "group_size", "prompts_per_step", "max_steps")})  # fmt: skip
+            facts.update({k: config.get(k) for k in ("reward", "failure_penalty", "temperature", "model_name_or_path",
+                                                     "learning_rate", "kl_coef", "group_size", "prompts_per_step",
+                                                     "max_steps")})  # fmt: skip
     return facts
 
 
@@ -129,7 +130,11 @@ def reward_name(entry: ModelEntry) -> str:
     if entry.role == "base":
         return "SFT (train.py)"
     reward = entry.facts.get("reward")
-    return f"RL, {reward} reward" if reward else "RL (reward unknown)"
+    if not reward:
+        return "RL (reward unknown)"
+    settings = [f"{name} {entry.facts[key]:g}" for key, name in (("failure_penalty", "penalty"), ("temperature", "T"))
+                if isinstance(entry.facts.get(key), int | float)]  # fmt: skip
+    return ", ".join([f"RL, {reward} reward", *settings])
 
 
 # ------------------------------------------------------------------------------------------------ saved pieces

@@ -52,8 +52,13 @@ within ``2 * MESH_AGREEMENT`` of the best), which makes the exact path cheaper t
 pair.
 
 The fast path tessellates each normalised solid once, merges it into a watertight mesh
-(:func:`cadcoder.mesh.merged_mesh`) and does mesh booleans with manifold3d; when a mesh is refused it
-falls back to the exact path.
+(:func:`cadcoder.mesh.merged_mesh`) and reports manifold3d mesh booleans. Its rotation search is steered
+by the voxel estimate of :mod:`cadcoder.occupancy` (a fraction of a millisecond per rotation, against
+milliseconds per boolean), or by fine mesh booleans when both meshes are tiny; the reported value is
+still the mesh boolean at the rotation found and at the 4 principal flips. When manifold3d refuses a
+mesh (closed but BRepCheck-invalid solids, e.g. a hole circle crossing its outline), the voxel estimate
+ranks the candidate rotations and checked exact booleans run best first, until one agrees with its
+estimate within 0.1 (at most 3); exact mode (``fast=False``) never uses the estimate.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ from cadcoder.alignment import (
     volume,
 )
 from cadcoder.mesh import merged_mesh
+from cadcoder.occupancy import OccupancyIoU, occupancy
 
 __all__ = [
     "PROTOCOLS",
@@ -125,6 +131,14 @@ FUZZY_VALUES = (1e-5, 1e-4)
 # reported value is still exact (or the fine mesh's) at the rotation found.
 _SEARCH_TOLERANCE = 2e-2
 _SEARCH_ANGULAR_TOLERANCE = 0.4
+# Fast mode without watertight meshes: exact booleans at the candidates best by the voxel estimate, in order, until
+# one agrees with its estimate this closely (on BRepCheck-invalid solids a boolean can come back silently empty), at
+# most this many.
+_FALLBACK_AGREEMENT = 0.1
+_FALLBACK_CANDIDATES = 3
+# Fast mode searches with fine mesh booleans when both meshes together have at most this many triangles (boxes,
+# plain plates): there one boolean costs less than the voxel estimate (0.08 ms at 24 triangles, 1.3 ms at 500).
+_BOOLEAN_SEARCH_TRIANGLES = 150
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,6 +411,65 @@ def _flip_of(rotation: np.ndarray) -> tuple[int, int, int] | None:
     return None
 
 
+def _occupancy_estimate(a: Normalized, b: Normalized) -> OccupancyIoU | None:
+    """The voxel estimate of ``IoU(a, R b)`` from the solids' fine tessellations; ``None`` without one."""
+    (arr_a, _), (arr_b, _) = _mesh_of(a), _mesh_of(b)
+    occ_a, occ_b = occupancy(*arr_a), occupancy(*arr_b)
+    if occ_a is None or occ_b is None:
+        return None
+    return OccupancyIoU(occ_a, occ_b, a.volume, b.volume)
+
+
+def _searched_candidates(na: Normalized, nb: Normalized, kind: str, rotations: list[np.ndarray], fast: bool) -> list[np.ndarray]:
+    """The candidate rotations that get a final IoU, after the rotation search (watertight meshes, or exact mode).
+
+    ``rotations`` are the discrete candidates (the 4 principal flips first). Exact mode searches with coarse
+    mesh booleans and keeps the rotation found and the best flip; without watertight meshes it keeps all the
+    discrete candidates. Fast mode searches with fine mesh booleans on small meshes and with the voxel
+    estimate of :mod:`cadcoder.occupancy` otherwise, and keeps the rotation found and the 4 flips (the fast
+    path without watertight meshes is :func:`_guided_exact`).
+    """
+    (arr_a, ma), (arr_b, mb) = _mesh_of(na), _mesh_of(nb)
+    if kind == "flips" or ma is None or mb is None:
+        return rotations
+    f = _mesh_iou_fn(ma, mb)
+    if fast:
+        small = len(arr_a[1]) + len(arr_b[1]) <= _BOOLEAN_SEARCH_TRIANGLES
+        estimate = None if small else _occupancy_estimate(na, nb)
+        found, _ = search_rotation(f if estimate is None else estimate, na, nb)
+        return [found] + rotations[:4]
+    coarse_a = _manifold(*mesh_arrays(na.shape, _SEARCH_TOLERANCE, _SEARCH_ANGULAR_TOLERANCE))
+    coarse_b = _manifold(*mesh_arrays(nb.shape, _SEARCH_TOLERANCE, _SEARCH_ANGULAR_TOLERANCE))
+    search_f = _mesh_iou_fn(coarse_a, coarse_b) if coarse_a is not None and coarse_b is not None else f
+    found, _ = search_rotation(search_f, na, nb)
+    flips = rotations[:4]
+    best_flip = flips[int(np.argmax([f(r) for r in flips]))]
+    return [found] if np.allclose(found, best_flip, atol=1e-12) else [found, best_flip]
+
+
+def _guided_exact(na: Normalized, nb: Normalized, kind: str, rotations: list[np.ndarray]) -> tuple[float, np.ndarray, str] | None:
+    """Fast mode without watertight meshes: exact IoU at the rotations the voxel estimate ranks best.
+
+    The candidates are the discrete ``rotations`` plus, on the plane or sphere, the rotation the estimate's own
+    search finds. They get checked exact booleans best first, until one agrees with its estimate within
+    :data:`_FALLBACK_AGREEMENT`, at most :data:`_FALLBACK_CANDIDATES` of them; the largest value is returned
+    as ``(iou, rotation, method)``. ``None`` when no occupancy can be made (empty tessellation).
+    """
+    estimate = _occupancy_estimate(na, nb)
+    if estimate is None:
+        return None
+    candidates = ([search_rotation(estimate, na, nb)[0]] if kind != "flips" else []) + rotations
+    ranked = sorted(((estimate(r), k) for k, r in enumerate(candidates)), key=lambda t: -t[0])
+    best: tuple[float, np.ndarray, str] = (-1.0, candidates[ranked[0][1]], "exact")
+    for guess, k in ranked[:_FALLBACK_CANDIDATES]:
+        value, method = _checked_exact(na, _rotate(nb.shape, candidates[k]), nb.volume, None)
+        if value > best[0]:
+            best = (value, candidates[k], method)
+        if abs(value - guess) <= _FALLBACK_AGREEMENT:
+            break
+    return best
+
+
 def iou(a: cq.Shape, b: cq.Shape, protocol: str = "aligned", fast: bool = False) -> dict[str, Any]:
     """IoU of a prediction ``a`` against a reference ``b`` under a protocol.
 
@@ -414,26 +487,21 @@ def iou(a: cq.Shape, b: cq.Shape, protocol: str = "aligned", fast: bool = False)
         kind, rotations = aligned_rotations(na, nb)
         if kind != "flips":
             rotations = [np.diag(np.array(s, dtype=float)) for s in ALIGNED_FLIPS] + rotations
+        rotations = _searched_candidates(na, nb, kind, rotations, fast)
     else:
         kind, rotations = "flips", [np.eye(3)]
     (arr_a, ma), (arr_b, mb) = _mesh_of(na), _mesh_of(nb)
-    have_mesh = ma is not None and mb is not None
-    if kind != "flips" and have_mesh:
-        coarse_a = _manifold(*mesh_arrays(na.shape, _SEARCH_TOLERANCE, _SEARCH_ANGULAR_TOLERANCE))
-        coarse_b = _manifold(*mesh_arrays(nb.shape, _SEARCH_TOLERANCE, _SEARCH_ANGULAR_TOLERANCE))
-        f = _mesh_iou_fn(ma, mb)
-        search_f = _mesh_iou_fn(coarse_a, coarse_b) if coarse_a is not None and coarse_b is not None else f
-        found, _ = search_rotation(search_f, na, nb)
-        flips = rotations[:4]
-        best_flip = flips[int(np.argmax([f(r) for r in flips]))]
-        rotations = [found] if np.allclose(found, best_flip, atol=1e-12) else [found, best_flip]
     out: dict[str, Any] = {"search": kind if protocol == "aligned" else None, "a": na, "b": nb}
-    if fast and have_mesh:
+    if fast and ma is not None and mb is not None:
         value, rot = fast_iou(na, nb, rotations=rotations)
         out.update(iou=value, method="fast", rotation=np.asarray(rot), meshes={"a": arr_a, "b": arr_b})
-    else:
+        out["flip"] = _flip_of(out["rotation"])
+        return out
+    guided = _guided_exact(na, nb, kind, rotations) if fast and protocol == "aligned" else None
+    if guided is None:
         value, k, method = _best_exact(na, nb, rotations)
-        out.update(iou=value, method=method, rotation=rotations[k])
+        guided = (value, rotations[k], method)
+    out.update(iou=guided[0], method=guided[2], rotation=guided[1])
     out["flip"] = _flip_of(out["rotation"])
     return out
 

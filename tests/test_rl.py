@@ -136,6 +136,12 @@ def test_failures_earn_the_penalty_with_their_reason_and_weights_are_config(sand
         ExecutionReward("iou", failure_penalty=-10.0)
 
 
+def test_no_penalty_reads_zero_in_the_card_not_minus_zero():
+    reward = ExecutionReward("render", failure_penalty=0.0)
+    assert reward.describe().endswith(", 0 for a failure")
+    assert "-0" not in reward.describe()
+
+
 # ---------------------------------------------------------------------------------------------- learning
 def _favoured_reward(programs, examples, sandbox):
     """The toy reward: 1 for the favoured program, 0 for anything else (no sandbox needed)."""

@@ -110,14 +110,18 @@ class ExecutionReward:
         """The reward's name in logs and the model card."""
         return self.kind
 
+    @property
+    def _failure_reward(self) -> float:
+        return -self.failure_penalty or 0.0  # 0.0, not -0.0, when there is no penalty
+
     def describe(self) -> str:
         """One line for logs and the model card."""
         if self.kind == "iou":
             how = "fast mesh-boolean" if self.fast else "exact"
             return (f"iou: {self.iou_weight:g} * IoU ({self.protocol} protocol, {how}) for a valid solid, "
-                    f"-{self.failure_penalty:g} for a failure")  # fmt: skip
+                    f"{self._failure_reward:g} for a failure")  # fmt: skip
         return (f"render: {self.render_weight:g} * render-and-compare similarity to the input image for a valid "
-                f"solid, -{self.failure_penalty:g} for a failure")  # fmt: skip
+                f"solid, {self._failure_reward:g} for a failure")  # fmt: skip
 
     def __call__(self, programs: Sequence[str], examples: Sequence[RLExample], sandbox: Sandbox | None) -> list[RewardResult]:
         """Run and score each program against its example; failures are results, never raised."""
@@ -133,7 +137,7 @@ class ExecutionReward:
         for i, (program, example, ref) in enumerate(zip(programs, examples, references)):
             solid = by_code[program]
             if not solid.ok:
-                results[i] = RewardResult(-self.failure_penalty, solid.status, solid.error)
+                results[i] = RewardResult(self._failure_reward, solid.status, solid.error)
             elif self.kind == "iou" and not (ref is not None and ref.ok):
                 results[i] = RewardResult(0.0, REFERENCE_FAILED, f"reference program failed: {ref.status}: {ref.error}"
                                           if ref is not None else "no reference program")  # fmt: skip
@@ -166,7 +170,7 @@ class ExecutionReward:
     def _result(self, scored: SandboxResult, example: RLExample) -> RewardResult:
         """The reward of a program from its :func:`cadcoder.clean_scoring.clean_result`."""
         if not scored.ok:
-            return RewardResult(-self.failure_penalty, scored.status, scored.error)
+            return RewardResult(self._failure_reward, scored.status, scored.error)
         value = scored.value
         iou = value.get("iou")
         if self.kind == "iou":
