@@ -137,6 +137,7 @@ class Normalized:
     moments: np.ndarray | None = None
     size: float = 1.0
     _mesh: Any = field(default=None, repr=False)
+    _occupancy: Any = field(default=None, repr=False)
 
 
 def mass_properties(shape: cq.Shape) -> tuple[float, np.ndarray, np.ndarray]:

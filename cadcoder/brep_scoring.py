@@ -11,6 +11,8 @@ Every import is at module level: the worker imports this module before it forks 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import cadquery as cq  # noqa: F401  (loaded before the worker is jailed)
@@ -20,7 +22,7 @@ from cadcoder.geometry import score_task, shape_from_brep
 from cadcoder.render import render_task
 from cadcoder.sandbox_program import ProgramError, collect_shape
 
-__all__ = ["load_candidate", "score_brep_task"]
+__all__ = ["load_candidate", "score_brep_task", "score_brep_batch_task"]
 
 
 def load_candidate(candidate_brep: bytes) -> Any:
@@ -77,4 +79,35 @@ def score_brep_task(
         # Solids that overlap without a union would show each other's hidden edges: render their union, as
         # the IoU counts it, so several solids look like the one solid they make.
         out["render"] = render_task(union_solids(solid), int(render_size), **(style or {}))
+    return out
+
+
+def score_brep_batch_task(shape: Any, requests: Sequence[dict[str, Any]], budget_seconds: float) -> list[tuple[float, dict[str, Any]] | None]:
+    """Sandbox task: :func:`score_brep_task` for several candidates in one clean child, in order.
+
+    A reference shared by consecutive requests is loaded and normalised once (:func:`cadcoder.geometry.score_task`
+    keeps the last few). Once ``budget_seconds`` have passed, the remaining requests are left undone; a request
+    whose scoring raises is left undone too. The caller scores undone requests one per child
+    (:func:`cadcoder.clean_scoring.score_breps`), where they get the sandbox's own timeout and failure report.
+
+    Args:
+        shape: the solid of :data:`cadcoder.clean_scoring.CLEAN_PROGRAM` (unused).
+        requests: keyword arguments of :func:`score_brep_task`, one dict per candidate.
+        budget_seconds: wall-clock seconds after which no further request is started.
+
+    Returns:
+        Per request, ``(seconds, score dict of score_brep_task)``, or ``None`` when it was left undone.
+    """
+    start = time.monotonic()
+    out: list[tuple[float, dict[str, Any]] | None] = []
+    for kwargs in requests:
+        began = time.monotonic()
+        if began - start > budget_seconds:
+            out.append(None)
+            continue
+        try:
+            scored = score_brep_task(shape, **kwargs)
+            out.append((time.monotonic() - began, scored))
+        except Exception:  # noqa: BLE001 - rerun alone by the caller, which reports the failure as usual
+            out.append(None)
     return out

@@ -63,8 +63,10 @@ estimate within 0.1 (at most 3); exact mode (``fast=False``) never uses the esti
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -91,7 +93,7 @@ from cadcoder.alignment import (
     volume,
 )
 from cadcoder.mesh import merged_mesh
-from cadcoder.occupancy import OccupancyIoU, occupancy
+from cadcoder.occupancy import Occupancy, OccupancyIoU, occupancy
 
 __all__ = [
     "PROTOCOLS",
@@ -411,10 +413,16 @@ def _flip_of(rotation: np.ndarray) -> tuple[int, int, int] | None:
     return None
 
 
+def _occupancy_of(n: Normalized) -> Occupancy | None:
+    """Voxel occupancy of a normalised solid's fine tessellation, computed once and kept on it."""
+    if n._occupancy is None:
+        n._occupancy = (occupancy(*_mesh_of(n)[0]),)
+    return n._occupancy[0]
+
+
 def _occupancy_estimate(a: Normalized, b: Normalized) -> OccupancyIoU | None:
     """The voxel estimate of ``IoU(a, R b)`` from the solids' fine tessellations; ``None`` without one."""
-    (arr_a, _), (arr_b, _) = _mesh_of(a), _mesh_of(b)
-    occ_a, occ_b = occupancy(*arr_a), occupancy(*arr_b)
+    occ_a, occ_b = _occupancy_of(a), _occupancy_of(b)
     if occ_a is None or occ_b is None:
         return None
     return OccupancyIoU(occ_a, occ_b, a.volume, b.volume)
@@ -470,8 +478,14 @@ def _guided_exact(na: Normalized, nb: Normalized, kind: str, rotations: list[np.
     return best
 
 
-def iou(a: cq.Shape, b: cq.Shape, protocol: str = "aligned", fast: bool = False) -> dict[str, Any]:
+def iou(
+    a: cq.Shape, b: cq.Shape, protocol: str = "aligned", fast: bool = False, normalized_b: Normalized | None = None
+) -> dict[str, Any]:
     """IoU of a prediction ``a`` against a reference ``b`` under a protocol.
+
+    ``normalized_b``: ``b`` already normalised for ``protocol`` (``normalize(union_solids(b), protocol)``), kept by a
+    caller that scores many predictions against one reference (its meshes are cached on it); ignored by
+    ``"mecagent"``.
 
     Returns:
         ``{"iou": float, "method": "exact"|"exact-fuzzy"|"mesh-fallback"|"fast"|"voxel",
@@ -482,7 +496,8 @@ def iou(a: cq.Shape, b: cq.Shape, protocol: str = "aligned", fast: bool = False)
     check_protocol(protocol)
     if protocol == "mecagent":
         return {"iou": mecagent_iou(a, b), "method": "voxel", "rotation": np.eye(3), "flip": (1, 1, 1), "search": None, "a": None, "b": None}
-    na, nb = normalize(union_solids(a), protocol), normalize(union_solids(b), protocol)
+    na = normalize(union_solids(a), protocol)
+    nb = normalized_b if normalized_b is not None else normalize(union_solids(b), protocol)
     if protocol == "aligned":
         kind, rotations = aligned_rotations(na, nb)
         if kind != "flips":
@@ -527,6 +542,26 @@ def reference_task(shape: cq.Shape) -> bytes:
     return shape_to_brep(shape)
 
 
+_REFERENCES: OrderedDict[tuple[bytes, str], tuple[cq.Shape, Normalized | None]] = OrderedDict()
+_REFERENCES_KEPT = 4
+
+
+def _reference(reference_brep: bytes, protocol: str) -> tuple[cq.Shape, Normalized | None]:
+    """A reference solid from BREP and its normalised form for ``protocol``, kept for the next few calls.
+
+    One scoring child scores a batch of candidates, often against the same reference
+    (:func:`cadcoder.brep_scoring.score_brep_batch_task`); normalising it and meshing it once serves them all.
+    """
+    key = (hashlib.sha256(reference_brep).digest(), protocol)
+    if key not in _REFERENCES:
+        shape = shape_from_brep(reference_brep)
+        _REFERENCES[key] = (shape, None if protocol == "mecagent" else normalize(union_solids(shape), protocol))
+        while len(_REFERENCES) > _REFERENCES_KEPT:
+            _REFERENCES.popitem(last=False)
+    _REFERENCES.move_to_end(key)
+    return _REFERENCES[key]
+
+
 def score_task(
     shape: cq.Shape,
     reference_brep: bytes,
@@ -544,8 +579,8 @@ def score_task(
         ``{"iou": float, "chamfer": float|None, "method": str, "search": str|None}``; ``method`` says
         which path produced the IoU (see :func:`iou`).
     """
-    reference = shape_from_brep(reference_brep)
-    got = iou(shape, reference, protocol=protocol, fast=fast)
+    reference, normalized = _reference(reference_brep, protocol)
+    got = iou(shape, reference, protocol=protocol, fast=fast, normalized_b=normalized)
     chamfer = None
     if chamfer_points > 0:
         rot = np.asarray(got["rotation"], dtype=float)

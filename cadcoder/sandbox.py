@@ -82,6 +82,7 @@ __all__ = [
     "borrow_or_open",
     "check_policy",
     "describe_shape",
+    "progress_bar",
 ]
 
 FAILURE_REASONS: tuple[str, ...] = (
@@ -396,7 +397,7 @@ class Sandbox:
             for c in codes
         ]
         results: list[SandboxResult | None] = [None] * len(jobs)
-        bar = _progress_bar(progress, len(jobs))
+        bar = progress_bar(progress, len(jobs))
         lock = threading.Lock()
         it = iter(enumerate(jobs))
         errors: list[BaseException] = []
@@ -438,7 +439,7 @@ class Sandbox:
         return results  # type: ignore[return-value]
 
 
-def _progress_bar(progress: bool | str, total: int) -> Any:
+def progress_bar(progress: bool | str, total: int) -> Any:
     """A tqdm bar for ``total`` programs when ``progress`` asks for one (a string is its description), else None."""
     if not progress or not total:
         return None

@@ -21,6 +21,8 @@ REFERENCE = "cadcoder.geometry:reference_task"
 SCORE_BREP = "cadcoder.brep_scoring:score_brep_task"
 """IoU, Chamfer distance and / or render of a solid given as BREP, in a child where no generated code ran
 (run on :data:`cadcoder.clean_scoring.CLEAN_PROGRAM`; the metric and the RL rewards score only this way)."""
+SCORE_BREP_BATCH = "cadcoder.brep_scoring:score_brep_batch_task"
+""":data:`SCORE_BREP` for several candidates in one clean child (one fork, a shared reference normalised once)."""
 RENDER = "cadcoder.render:render_task"
 """A render of the shape in the GenCAD-Code look (or a given :class:`cadcoder.render.RenderStyle`)."""
 CANDIDATE = "cadcoder.export:candidate_task"
@@ -30,4 +32,4 @@ EXPORT = "cadcoder.export:export_task"
 SYNTH_SAMPLE = "cadcoder.synth.dataset:synth_sample_task"
 """Validation, geometry key and render of one synthetic program."""
 
-ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE_BREP, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE)
+ALL_TASKS: tuple[str, ...] = (DESCRIBE_SHAPE, REFERENCE, SCORE_BREP, SCORE_BREP_BATCH, RENDER, CANDIDATE, EXPORT, SYNTH_SAMPLE)

@@ -223,3 +223,61 @@ def test_clean_scoring_reports_a_bad_brep_as_invalid_shape(sandbox):
                                       {"candidate_brep": ref.value, "reference_brep": ref.value}])
     assert bad.status == "invalid_shape" and "BREP" in bad.error
     assert good.ok and good.value["iou"] == pytest.approx(1.0, abs=1e-6)
+
+
+def _scoring_requests(sandbox) -> list[dict]:
+    from cadcoder.clean_scoring import run_to_brep
+
+    solids = run_to_brep(sandbox, HAND_WRITTEN.values())
+    breps = [solids[p].value for p in HAND_WRITTEN.values()]
+    reference = breps[0]
+    requests = [{"candidate_brep": b, "reference_brep": reference, "fast": fast} for b in breps for fast in (True, False)]
+    requests.insert(3, {"candidate_brep": b"not a BREP", "reference_brep": reference})
+    requests.insert(6, {"candidate_brep": breps[1], "reference_brep": reference, "protocol": "no such protocol"})
+    requests.append({"candidate_brep": breps[2], "reference_brep": breps[3], "chamfer_points": 256})
+    return requests
+
+
+def test_batched_clean_scoring_gives_what_one_child_per_candidate_gives(sandbox):
+    from cadcoder.clean_scoring import clean_result, clean_score_job, score_breps
+
+    requests = _scoring_requests(sandbox)
+    alone = [clean_result(r) for r in sandbox.map([clean_score_job(**q) for q in requests])]
+    seen: dict[int, str] = {}
+    batched = score_breps(sandbox, requests, on_result=lambda i, res: seen.setdefault(i, res.status))
+    assert [r.status for r in batched] == [r.status for r in alone]
+    assert batched[3].status == "invalid_shape" and "no such protocol" in batched[6].error
+    assert [r.value for r in batched if r.ok] == [r.value for r in alone if r.ok]
+    assert seen == {i: r.status for i, r in enumerate(batched)}
+
+
+def test_a_failed_scoring_batch_is_scored_again_one_candidate_per_child(sandbox):
+    from cadcoder.clean_scoring import score_breps
+    from cadcoder.sandbox import SandboxResult
+    from cadcoder.tasks import SCORE_BREP_BATCH
+
+    class CrashingBatches:
+        """The sandbox, except that every batch job comes back crashed."""
+
+        num_workers, timeout = sandbox.num_workers, sandbox.timeout
+        batch_jobs = 0
+
+        def map(self, jobs, on_result=None, **kwargs):
+            out = []
+            for i, job in enumerate(jobs):
+                if job.task == SCORE_BREP_BATCH:
+                    self.batch_jobs += 1
+                    res = SandboxResult("crashed", error="killed by signal SIGSEGV")
+                else:
+                    res = sandbox.map([job])[0]
+                out.append(res)
+                if on_result is not None:
+                    on_result(i, res)
+            return out
+
+    requests = _scoring_requests(sandbox)
+    crashing = CrashingBatches()
+    rescored = score_breps(crashing, requests)
+    assert crashing.batch_jobs > 0
+    assert [r.status for r in rescored] == [r.status for r in score_breps(sandbox, requests)]
+    assert rescored[0].ok and rescored[0].value["iou"] == pytest.approx(1.0, abs=1e-6)
