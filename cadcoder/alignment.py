@@ -29,7 +29,7 @@ scaling matrices has segfaulted on thin discs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,10 @@ __all__ = [
     "normalize",
     "aligned_rotations",
     "search_rotation",
+    "refined_rotations",
+    "polish_rotation",
+    "POLISH_STEP",
+    "POLISH_LEVELS",
 ]
 
 PROTOCOLS: tuple[str, ...] = ("aligned", "bbox", "mecagent")
@@ -64,6 +68,10 @@ DEGENERACY_TOLERANCE = 0.05
 _PLANE_GRID = 24  # 15 degree steps over theta
 _SO3_SAMPLES = 72
 _PATTERN_LEVELS = 10
+#: First step (radians) and number of step sizes (each half the last) of :func:`polish_rotation`: about the error of a rotation found with the voxel
+#: estimate of :mod:`cadcoder.occupancy` (a degree or so), then half of that.
+POLISH_STEP = 0.02
+POLISH_LEVELS = 2
 # Coarse candidates this close to the best coarse value are refined too (at most 3 on the plane, 2 on the sphere).
 # At 0.05 the notched cube of tests/test_geometry.py stalled at IoU 0.95 from its best start on numpy 2.4 / LAPACK
 # here, while the runner-up start reached 0.99996.
@@ -294,6 +302,15 @@ def aligned_rotations(a: Normalized, b: Normalized) -> tuple[str, list[np.ndarra
 
 def search_rotation(f: Callable[[np.ndarray], float], a: Normalized, b: Normalized) -> tuple[np.ndarray, float]:
     """Deterministic maximisation of ``f(R)`` over the continuous candidate set of the aligned protocol."""
+    return max(refined_rotations(f, a, b), key=lambda t: t[1])
+
+
+def refined_rotations(f: Callable[[np.ndarray], float], a: Normalized, b: Normalized) -> list[tuple[np.ndarray, float]]:
+    """The local maxima :func:`search_rotation` chooses from, as ``(rotation, f(rotation))``, best coarse start first.
+
+    The coarse candidates (a 15-degree grid on the plane, cube rotations and a super-Fibonacci sample on the
+    sphere) within :data:`_REFINE_MARGIN` of the best are refined: at most 3 on the plane, 2 on the sphere.
+    """
     kind, _ = aligned_rotations(a, b)
     if kind == "plane":
         free = 2 if _ambiguous_pairs(a, b)[0] == 0 else 0
@@ -301,7 +318,7 @@ def search_rotation(f: Callable[[np.ndarray], float], a: Normalized, b: Normaliz
         step = 2 * math.pi / _PLANE_GRID
         scored = [(f(_axis_rotation(free, m * step) @ br), bi, m * step) for bi, br in enumerate(branches) for m in range(_PLANE_GRID)]
         scored.sort(key=lambda t: -t[0])
-        best_val, best_rot = -1.0, np.eye(3)
+        found = []
         for val, bi, theta in [s for s in scored[:3] if s[0] >= scored[0][0] - _REFINE_MARGIN]:
             h = step / 2
             for _ in range(_PATTERN_LEVELS):
@@ -311,27 +328,47 @@ def search_rotation(f: Callable[[np.ndarray], float], a: Normalized, b: Normaliz
                         val, theta = v, cand
                         break
                 h /= 2
-            if val > best_val:
-                best_val, best_rot = val, _axis_rotation(free, theta) @ branches[bi]
-        return best_rot, best_val
+            found.append((_axis_rotation(free, theta) @ branches[bi], val))
+        return found
     starts = _cube_rotations() + _super_fibonacci(_SO3_SAMPLES)
     scored3 = sorted(((f(r), k) for k, r in enumerate(starts)), key=lambda t: -t[0])
-    best_val, best_rot = -1.0, np.eye(3)
-    for val, k in [s for s in scored3[:2] if s[0] >= scored3[0][0] - _REFINE_MARGIN]:
-        rot, h = starts[k], 0.25
-        for _ in range(_PATTERN_LEVELS):
-            improved = True
-            while improved:
-                improved = False
-                for axis in range(3):
-                    for sign in (-1.0, 1.0):
-                        omega = np.zeros(3)
-                        omega[axis] = sign * h
-                        cand = _rotvec(omega) @ rot
-                        v = f(cand)
-                        if v > val:
-                            val, rot, improved = v, cand, True
-            h /= 2
-        if val > best_val:
-            best_val, best_rot = val, rot
-    return best_rot, best_val
+    return [_pattern_search(f, starts[k], val, (0, 1, 2), 0.25, _PATTERN_LEVELS)
+            for val, k in scored3[:2] if val >= scored3[0][0] - _REFINE_MARGIN]  # fmt: skip
+
+
+def _pattern_search(
+    f: Callable[[np.ndarray], float], rot: np.ndarray, val: float, axes: Sequence[int], step: float, levels: int
+) -> tuple[np.ndarray, float]:
+    """Compass search of ``f`` by small rotations about ``axes`` applied on the left, halving ``step`` per level."""
+    for _ in range(levels):
+        improved = True
+        while improved:
+            improved = False
+            for axis in axes:
+                for sign in (-1.0, 1.0):
+                    omega = np.zeros(3)
+                    omega[axis] = sign * step
+                    cand = _rotvec(omega) @ rot
+                    v = f(cand)
+                    if v > val:
+                        val, rot, improved = v, cand, True
+        step /= 2
+    return rot, val
+
+
+def polish_rotation(
+    f: Callable[[np.ndarray], float], a: Normalized, b: Normalized, rotation: np.ndarray,
+    step: float = POLISH_STEP, levels: int = POLISH_LEVELS,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Local maximisation of ``f`` near ``rotation``, inside the aligned protocol's continuous candidate set.
+
+    For a rotation found by maximising a cheaper estimate of ``f`` (:mod:`cadcoder.occupancy`): a compass search
+    from ``step`` radians, halved ``levels`` times, about the free axis on the plane and about all three axes on
+    the sphere. Returns ``(rotation, f(rotation))``; on ``"flips"`` the rotation is returned unchanged.
+    """
+    kind, _ = aligned_rotations(a, b)
+    val = f(rotation)
+    if kind == "flips":
+        return rotation, val
+    axes = (2 if _ambiguous_pairs(a, b)[0] == 0 else 0,) if kind == "plane" else (0, 1, 2)
+    return _pattern_search(f, rotation, val, axes, step, levels)

@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["OCCUPANCY_RESOLUTION", "Occupancy", "occupancy", "OccupancyIoU"]
 
 #: Voxels along the longest side of the bounding box.
-OCCUPANCY_RESOLUTION = 96
+OCCUPANCY_RESOLUTION = 64
 # Ray origins are shifted off the voxel centres by these fractions of a voxel, so that rays do not run
 # exactly along the edges and vertices of meshes built on round coordinates (a hit there counts twice).
 _RAY_JITTER = (0.0137, 0.0291)
