@@ -149,19 +149,6 @@ def build_tiny_policy(programs: Sequence[str], max_new_tokens: int) -> tuple[Any
     return model.eval(), processor
 
 
-def check_model(model: str) -> None:
-    """Fail before any measurement when ``model`` names a local checkpoint folder that does not exist.
-
-    Raises:
-        FileNotFoundError: the message names the command that trains it and the ``--tiny`` alternative.
-    """
-    path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or (path.parent.is_dir() and str(path.parent) != ".")
-    if looks_local and not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {model}: train it with `python train.py configs/quickstart.json`, "
-                                "pass --model, or use --tiny for a smoke run with a tiny random model")  # fmt: skip
-
-
 def load_rl_policy(model: str, tiny: bool, programs: Sequence[str], device: str, tiny_new_tokens: int) -> tuple[Any, Any, str]:
     """The policy to step: the checkpoint ``model``, or a tiny random one with ``tiny``; and its description."""
     if tiny:
@@ -289,14 +276,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             overrides += [flag, str(value)]
     rl_args = rl_arguments(args.rl_config, overrides)
     model = args.model or rl_args.model_name_or_path
-    if args.rl_steps > 0 and not args.tiny:
-        check_model(model)
     device = rl_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     data = args.data or rl_args.dataset
     per_reference = args.per_reference or rl_args.group_size
     workers = rl_args.sandbox_workers or min(os.cpu_count() or 1, 8)
     examples, source = load_examples(data, args.references, args.tiny)
     references = [ex.program for ex in examples]
+    # Loaded before any measurement, so a missing checkpoint fails in seconds, not after the metrics have run.
+    policy = load_rl_policy(model, args.tiny, references, device, args.tiny_new_tokens) if args.rl_steps > 0 else None
     preds, refs, kinds = model_like_pairs(references, per_reference, args.invalid_fraction, args.spread, args.seed)
     pair_examples = [ex for ex in examples for _ in range(per_reference)]
     batch = rl_args.prompts_per_step * rl_args.group_size
@@ -319,9 +306,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"naive:  {report['naive']['programs_per_s']:.2f} programs/s", flush=True)
         report["speedup"] = report["reward"]["programs_per_s"] / report["naive"]["programs_per_s"]
         report["goal_speedup"] = GOAL_SPEEDUP
-        if args.rl_steps > 0:
-            policy, processor, name = load_rl_policy(model, args.tiny, references, device, args.tiny_new_tokens)
-            report["rl_step"] = {"policy": name, **rl_step_times(policy, processor, examples, rl_args, sandbox,
+        if policy is not None:
+            policy_model, processor, name = policy
+            report["rl_step"] = {"policy": name, **rl_step_times(policy_model, processor, examples, rl_args, sandbox,
                                                                  args.rl_steps, args.rl_warmup_steps)}  # fmt: skip
     table = markdown(report)
     path = common.write_report(args.out, "reward_throughput", report, markdown=table)
