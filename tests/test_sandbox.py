@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hostile_programs import BENIGN, BENIGN_VOLUME, HOSTILE  # noqa: E402
+from hostile_programs import BENIGN, BENIGN_VOLUME, HOSTILE, TOUCHED_MEMORY_GROWTH  # noqa: E402
 
 from cadcoder.sandbox import FAILURE_REASONS, PolicyViolation, Sandbox, check_policy  # noqa: E402
 
@@ -120,6 +120,19 @@ def _check_hostile(sb: Sandbox, name: str, code: str, expected: set[str], tmp_pa
 def test_hostile_with_policy(sandbox, name, tmp_path):
     code, expected, _ = HOSTILE[name]
     _check_hostile(sandbox, name, code, expected, tmp_path)
+
+
+def test_touched_memory_growth_ends_at_the_memory_limit():
+    """A program that writes every page it grows is stopped by the memory limit, not left to the wall clock.
+
+    Writing ~1 GB of fresh pages took 2-3 s on a warm worker of a 2-core VM and over 10 s on a cold one, so the
+    timeout here is generous: the test is about which limit ends the program, not how fast pages fault in.
+    """
+    with Sandbox(num_workers=1, timeout=60.0, memory_limit_mb=2048) as sb:
+        res = sb.run(TOUCHED_MEMORY_GROWTH)
+        assert res.status == "memory_limit", res
+        after = sb.run(BENIGN, task=shape_volume)
+        assert after.ok and after.value == pytest.approx(BENIGN_VOLUME), after
 
 
 @pytest.mark.parametrize("name", sorted(n for n, v in HOSTILE.items() if v[2] is not None))
