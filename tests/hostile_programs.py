@@ -43,7 +43,8 @@ HOSTILE: dict[str, tuple[str, set[str], set[str] | None]] = {
     ),
     "infinite_loop": ("while True:\n    pass", {"timeout"}, {"timeout"}),
     # bytes(n) is calloc'd and left untouched, so this reaches the address-space limit in well under a second on
-    # any machine; growth that writes every page is tested on its own (test_sandbox.test_touched_memory_growth).
+    # any machine; growth that writes every page is tested on its own, with a longer timeout
+    # (test_sandbox.test_touched_memory_growth_ends_at_the_memory_limit).
     "memory_growth": ("x = []\nwhile True:\n    x.append(bytes(10**8))", {"memory_limit"}, {"memory_limit"}),
     "deep_recursion": ("def f(n):\n    return f(n + 1)\nsolid = f(0)", {"runtime_error"}, {"runtime_error"}),
     "sys_exit": ("import sys\nsys.exit(3)", {"forbidden"}, {"runtime_error"}),
